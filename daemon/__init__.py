@@ -1,0 +1,1 @@
+"""segue.daemon: the long-running engine and the `segue` command line."""

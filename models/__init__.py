@@ -1,0 +1,1 @@
+"""segue.models: EnCodec and the MusicGen / AudioGen language model, loaded from published checkpoints."""

@@ -1,0 +1,168 @@
+"""MusicGen's transformer LM: weights plus pure forward functions that read and write an `LMState`.
+
+Layer (pre-norm, no biases): x += SelfAttn(LN1(x)); x += CrossAttn(LN_cross(x), text); x += FFN(LN2(x)).
+Input: the sum of K codebook embeddings (2049 rows each, row 2048 = special token) plus sinusoidal positions.
+Output: K heads of `card` logits. Cross-attention keys/values depend only on the conditioning, so they are computed
+once per prompt (`cross_kv`) and kept in the state; self-attention keys/values go into the state's preallocated
+KV cache at their absolute position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from segue.models.lm.config import LMConfig
+from segue.models.lm.state import LMState
+
+
+def sinusoids(positions: int, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """[positions, dim] table, cos first then sin, frequencies max_period ** (-i / (half - 1)) (audiocraft/HF)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(max_period) / (half - 1)))
+    phase = torch.arange(positions, dtype=torch.float32)[:, None] * freqs[None]  # [P, half]
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    B, T, _ = x.shape
+    return x.view(B, T, heads, -1).transpose(1, 2)  # [B, H, T, D]
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)  # [B, T, H*D]
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.wqkv = nn.Linear(d, 3 * d, bias=False)  # packed q, k, v (audiocraft's in_proj_weight)
+        self.wo = nn.Linear(d, d, bias=False)
+        self.norm_cross = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.cq = nn.Linear(d, d, bias=False)
+        self.ckv = nn.Linear(d, 2 * d, bias=False)  # applied once per conditioning, never per step
+        self.co = nn.Linear(d, d, bias=False)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=False)
+        self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
+
+
+class MusicGenLM(nn.Module):
+    """Weights of the LM. Holds no per-stream data: every forward takes the `LMState` it reads and updates."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        K, V, d = cfg.n_q, cfg.card, cfg.dim
+        self.emb = nn.Parameter(torch.zeros(K, V + 1, d), requires_grad=False)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.out_norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.heads = nn.Parameter(torch.zeros(K, V, d), requires_grad=False)
+        self.cond_proj = nn.Linear(cfg.text_dim, d) if cfg.cond_proj else None
+        self.register_buffer("positions", sinusoids(cfg.context, d, cfg.max_period), persistent=False)
+        self.register_buffer("emb_offsets", torch.arange(K) * (V + 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.heads.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.heads.dtype
+
+    # -- conditioning ---------------------------------------------------------------------------------------------
+    def project_text(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text-encoder states [B, S, text_dim] -> cross-attention memory [B, S, dim]; padded tokens zeroed."""
+        x = states.to(self.dtype)
+        if self.cond_proj is not None:
+            x = self.cond_proj(x)
+        return x * mask[..., None].to(x.dtype)
+
+    def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory [B, S, dim] -> cross-attention keys and values, each [L, B, H, S, D]."""
+        H = self.cfg.num_heads
+        ks, vs = [], []
+        for layer in self.layers:
+            k, v = layer.ckv(memory).chunk(2, dim=-1)
+            ks.append(_split_heads(k, H))
+            vs.append(_split_heads(v, H))
+        return torch.stack(ks), torch.stack(vs)
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [R, K, T] (special = card) -> summed codebook embeddings [R, T, dim]."""
+        flat = self.emb.view(-1, self.cfg.dim)
+        idx = tokens + self.emb_offsets[None, :, None]  # [R, K, T]
+        return flat[idx].sum(1)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.out_norm(x)
+        return torch.einsum("rtd,kcd->rktc", x, self.heads).float()  # [R, K, T, card]
+
+    def forward(self, tokens: torch.Tensor, state: LMState, last_only: bool = True) -> torch.Tensor:
+        """Feed `tokens [R, K, T]` at positions state.pos .. state.pos + T - 1 (eager: prefill or one step).
+
+        Writes their keys/values into the cache, advances `state.pos`, returns logits [R, K, T or 1, card].
+        """
+        R, K, T = tokens.shape
+        start, end = state.pos, state.pos + T
+        if end > state.capacity:
+            raise RuntimeError(f"KV cache full: {end} positions > {state.capacity}; re-prompt before this point")
+        H, d = self.cfg.num_heads, self.cfg.dim
+        x = self.embed(tokens) + self.positions[start:end].to(self.dtype)  # [R, T, d]
+        if T == 1:
+            mask, causal = None, False
+        elif start == 0:
+            mask, causal = None, True
+        else:  # a chunk of prompt after earlier positions: query i sees keys 0 .. start + i
+            q_pos = torch.arange(start, end, device=tokens.device)
+            mask, causal = torch.arange(end, device=tokens.device)[None, :] <= q_pos[:, None], False
+        S = state.cross_len
+        cross_mask = None if state.cross_full else state.cross_mask[..., :S]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.wqkv(layer.norm1(x)).split(d, dim=-1)
+            q, k, v = _split_heads(q, H), _split_heads(k, H), _split_heads(v, H)  # [R, H, T, D]
+            state.k[i, :, :, start:end] = k
+            state.v[i, :, :, start:end] = v
+            a = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
+                                               attn_mask=mask, is_causal=causal)
+            x = x + layer.wo(_merge_heads(a))
+            q = _split_heads(layer.cq(layer.norm_cross(x)), H)
+            a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S],
+                                               attn_mask=cross_mask)
+            x = x + layer.co(_merge_heads(a))
+            x = x + layer.fc2(F.gelu(layer.fc1(layer.norm2(x))))
+        state.advance(T)
+        return self._logits(x[:, -1:] if last_only else x)
+
+    def step_static(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
+        """One position with every shape fixed (for CUDA-graph capture): tokens [R, K, 1] -> logits [R, K, card].
+
+        The position is read from the device tensor `state.pos_t`; attention spans the whole cache with a mask, and
+        the cross-attention spans the padded text with its mask, so neither the prompt nor the position changes a
+        shape. Advances `state.pos_t` on the device; the caller keeps the host counter.
+        """
+        H, d = self.cfg.num_heads, self.cfg.dim
+        pos = state.pos_t  # [1]
+        x = self.embed(tokens) + self.positions.index_select(0, pos).to(self.dtype)  # [R, 1, d]
+        seen = (state.arange <= pos).view(1, 1, 1, -1)  # [1, 1, 1, C]
+        cross_mask = state.cross_mask  # [R, 1, 1, S_max]
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.wqkv(layer.norm1(x)).split(d, dim=-1)
+            q, k, v = _split_heads(q, H), _split_heads(k, H), _split_heads(v, H)  # [R, H, 1, D]
+            state.k[i].index_copy_(2, pos, k)
+            state.v[i].index_copy_(2, pos, v)
+            a = F.scaled_dot_product_attention(q, state.k[i], state.v[i], attn_mask=seen)
+            x = x + layer.wo(_merge_heads(a))
+            q = _split_heads(layer.cq(layer.norm_cross(x)), H)
+            a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=cross_mask)
+            x = x + layer.co(_merge_heads(a))
+            x = x + layer.fc2(F.gelu(layer.fc1(layer.norm2(x))))
+        state.pos_t.add_(1)
+        return self._logits(x)[:, :, 0]

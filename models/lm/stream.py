@@ -1,0 +1,293 @@
+"""One generation stream of the LM: KV cache, delay-pattern bookkeeping, sampling settings and RNG.
+
+`LMStream` turns the LM (weights, shared) into a sequence of code frames for B parallel items. Each `step()` feeds
+the latest column, draws the next one on the device (CFG batch = B conditional + B null rows), writes it into a
+frame ring, and never synchronises with the host. Past the trained context it re-prompts itself from the most
+recent frames: a second cache is prefilled a chunk per step in the background and takes over at a column boundary,
+so the token stream never pauses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from segue.models.lm.conditioning import Condition, Conditioner, stack_rows
+from segue.models.lm.config import ReplanConfig, SamplingParams
+from segue.models.lm.cuda_graph import CUDAGraphed, graphs_enabled
+from segue.models.lm.model import MusicGenLM
+from segue.models.lm.pattern import columns_from_frames
+from segue.models.lm.sampling import cfg_combine, sample
+from segue.models.lm.state import LMState, LMStateSnapshot
+
+
+@dataclass
+class _Catchup:
+    state: LMState
+    base: int  # absolute frame where the new context starts
+
+
+@dataclass(frozen=True)
+class StreamSnapshot:
+    state: LMStateSnapshot
+    col: torch.Tensor
+    ring: torch.Tensor
+    rng: torch.Tensor
+    column: int
+    base: int
+    n_prompt: int
+    total: int | None
+    sampling: SamplingParams
+
+
+class LMStream:
+    """Sampling loop state for B items of one LM.
+
+    Args:
+        lm: the weights (never modified).
+        conditioner: turns prompts into cross-attention conditions (cached per prompt).
+        batch: items generated in lock-step.
+        sampling: temperature / top-k / top-p / CFG coefficient / seed.
+        max_text: text tokens a prompt may have (fixes the cross-attention shape).
+        replan: how to continue past the trained context.
+        cuda_graphs: capture the step in a CUDA graph (None = on for CUDA devices unless SEGUE_CUDA_GRAPHS=0).
+    """
+
+    def __init__(self, lm: MusicGenLM, conditioner: Conditioner, batch: int = 1,
+                 sampling: SamplingParams = SamplingParams(), max_text: int = 256,
+                 replan: ReplanConfig = ReplanConfig(), cuda_graphs: bool | None = None):
+        cfg = lm.cfg
+        self.lm, self.cfg, self.conditioner, self.B = lm, cfg, conditioner, batch
+        self.replan = replan
+        dev, dt = lm.device, lm.dtype
+        self.device = dev
+        self.rows = 2 * batch
+        self.context = cfg.context
+        self.keep = min(int(replan.keep_seconds * cfg.frame_rate), self.context // 2)
+        catchup_steps = math.ceil((self.keep + 2) / max(1, replan.chunk - 1)) + 2
+        # Last position the active cache may reach before the re-prompted one must have taken over.
+        self.replan_at = self.context - 1 - catchup_steps
+        if self.replan_at <= self.keep:
+            raise ValueError("re-prompt window too large for this model's context; lower keep_seconds")
+        self.states = [LMState.allocate(cfg, self.rows, self.context, max_text, dev, dt)]
+        self.ring_size = 2 * self.context
+        K = cfg.n_q
+        self.ring = torch.full((batch, K, self.ring_size), cfg.special, device=dev, dtype=torch.long)  # [B, K, F]
+        self.col = torch.full((batch, K), cfg.special, device=dev, dtype=torch.long)  # latest column [B, K]
+        self.inp = torch.full((self.rows, K, 1), cfg.special, device=dev, dtype=torch.long)  # CFG input [2B, K, 1]
+        self.delays_t = torch.tensor(cfg.delays, device=dev)
+        self.col_t = torch.zeros(1, device=dev, dtype=torch.long)  # device copy of the column being produced
+        self.generator = torch.Generator(device=dev)
+        self.use_graphs = graphs_enabled(dev, cuda_graphs)
+        self._graphs: dict[tuple, CUDAGraphed] = {}
+        self.temperature_t = torch.zeros((), device=dev)
+        self.top_p_t = torch.zeros((), device=dev)
+        self.cfg_t = torch.zeros((), device=dev)
+        self.set_sampling(sampling)
+        self.active = self.states[0]
+        self.catchup: _Catchup | None = None
+        self.conditions: list[Condition] = []
+        self.column = -1  # index of the latest column (absolute); -1 = not started
+        self.base = 0  # absolute frame at which the active cache's context starts
+        self.n_prompt = 0
+        self.total: int | None = None
+
+    # -- settings -------------------------------------------------------------------------------------------------
+    def set_sampling(self, sampling: SamplingParams) -> None:
+        """Change sampling between steps. Temperature, top-p and CFG are device scalars (no recapture); a new
+        top-k or mode selects another captured graph. The RNG is reseeded only when a different seed is given."""
+        first = not hasattr(self, "sampling")
+        self.sampling = sampling
+        self.temperature_t.fill_(max(sampling.temperature, 1e-6))
+        self.top_p_t.fill_(sampling.top_p)
+        self.cfg_t.fill_(sampling.cfg_coef)
+        if first or (sampling.seed is not None and sampling.seed != self.seed):
+            self.reseed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little"))
+
+    def reseed(self, seed: int) -> None:
+        self.seed = seed
+        self.generator.manual_seed(seed)
+
+    # -- start ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def start(self, texts: list[str | None] | None = None, prompt: torch.Tensor | None = None,
+              total_frames: int | None = None) -> None:
+        """Condition on `texts` (one per item; None = null condition), prefill `prompt` codes [B, K, T_p] if any.
+
+        total_frames: frames of the whole stream including the prompt, or None for an endless stream.
+        """
+        cfg, B = self.cfg, self.B
+        texts = list(texts) if texts is not None else [None] * B
+        if len(texts) != B:
+            raise ValueError(f"{len(texts)} prompts for a stream of {B} items")
+        n_prompt = 0 if prompt is None else prompt.shape[-1]
+        if prompt is not None and (prompt.dim() != 3 or prompt.shape[:2] != (B, cfg.n_q)):
+            raise ValueError(f"prompt codes must be [{B}, {cfg.n_q}, frames], got {list(prompt.shape)}")
+        if n_prompt > self.replan_at - cfg.max_delay - 1:
+            limit = (self.replan_at - cfg.max_delay - 1) / cfg.frame_rate
+            raise ValueError(f"the audio prompt is {n_prompt / cfg.frame_rate:.2f} s; this model's context allows "
+                             f"at most {limit:.2f} s of prompt")
+        if total_frames is not None and total_frames <= n_prompt:
+            raise ValueError("nothing to generate: total_frames must exceed the prompt")
+        self.conditions = [self.conditioner(t) for t in texts]
+        if self.total_exceeds_context(total_frames) and len(self.states) == 1:
+            self.states.append(LMState.allocate(cfg, self.rows, self.context, self.states[0].max_text,
+                                                self.device, self.lm.dtype))
+        self.active, self.catchup, self.base = self.states[0], None, 0
+        self.n_prompt, self.total = n_prompt, total_frames
+        self._condition(self.active)
+        self.active.reset()
+        self.ring.fill_(cfg.special)
+        if n_prompt:
+            self.ring[:, :, :n_prompt] = prompt.to(self.device, torch.long)
+        cols = columns_from_frames(self.ring, cfg.delays, 0, n_prompt + 1, 0, cfg.special, self.ring_size)
+        logits = self.lm(torch.cat([cols, cols], 0), self.active)[:, :, 0]  # [2B, K, V]
+        self.column = n_prompt + 1  # the column this prefill's logits produce
+        self.col_t.fill_(self.column)
+        self._produce(logits)
+
+    def total_exceeds_context(self, total_frames: int | None) -> bool:
+        return total_frames is None or total_frames + self.cfg.max_delay + 1 > self.replan_at
+
+    def _condition(self, state: LMState) -> None:
+        k, v, mask = stack_rows(self.conditions, self.conditioner.null())
+        state.set_condition(k, v, mask)
+
+    # -- stepping -------------------------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.total is not None and self.column >= self.total + self.cfg.max_delay
+
+    @property
+    def frames_ready(self) -> int:
+        """Frames complete so far, counted from the stream's first frame (prompt included)."""
+        if self.column < 0:
+            return 0
+        ready = max(self.n_prompt, self.column - self.cfg.max_delay)
+        return ready if self.total is None else min(ready, self.total)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Produce the next column (one LM forward for all rows). Raises once a finite stream is done."""
+        if self.column < 0:
+            raise RuntimeError("start() the stream before stepping it")
+        if self.done:
+            raise RuntimeError("this stream has produced all its frames")
+        self._replan_work()
+        st = self.active
+        nxt = self.column + 1
+        if self.use_graphs and not self._forced(nxt):
+            self._graph(st)()
+            st.pos += 1  # the graph advanced st.pos_t on the device
+            self.column = nxt
+            return
+        logits = self.lm(self.inp, st)[:, :, 0]  # [2B, K, V]
+        self.column = nxt
+        self._produce(logits)
+
+    def _produce(self, logits: torch.Tensor) -> None:
+        """Draw column `self.column` from CFG logits, apply the pattern's forced cells, commit it."""
+        s = self.sampling
+        nxt = sample(cfg_combine(logits, self.cfg_t), self.temperature_t, s.top_k, self.top_p_t, s.top_p > 0,
+                     s.greedy, self.generator)  # [B, K]
+        self._force(nxt, self.column)
+        self._commit(nxt)
+
+    def _commit(self, nxt: torch.Tensor) -> None:
+        B, K = self.B, self.cfg.n_q
+        self.col.copy_(nxt)
+        self.inp[:B, :, 0] = nxt  # the next step's input, for the conditional and the null rows alike
+        self.inp[B:, :, 0] = nxt
+        idx = (self.col_t - 1 - self.delays_t) % self.ring_size  # [K] frame slot of each row's cell
+        self.ring.scatter_(2, idx.view(1, K, 1).expand(B, K, 1), nxt.unsqueeze(-1))
+        self.col_t.add_(1)
+
+    def _forced(self, column: int) -> bool:
+        lo, hi = column - 1 - self.cfg.max_delay, column - 1  # frames this column touches
+        return lo < self.n_prompt or (self.total is not None and hi >= self.total)
+
+    def _force(self, nxt: torch.Tensor, column: int) -> None:
+        """Cells whose frame is before the start, inside the prompt, or past a finite end are not sampled."""
+        if not self._forced(column):
+            return
+        for k, d in enumerate(self.cfg.delays):
+            f = column - 1 - d
+            if f < 0 or (self.total is not None and f >= self.total):
+                nxt[:, k] = self.cfg.special
+            elif f < self.n_prompt:
+                nxt[:, k] = self.ring[:, k, f % self.ring_size]
+
+    def _graph(self, st: LMState) -> CUDAGraphed:
+        s = self.sampling
+        key = (id(st), s.top_k, s.top_p > 0, s.greedy)
+        g = self._graphs.get(key)
+        if g is None:
+            def run() -> None:
+                logits = self.lm.step_static(self.inp, st)  # [2B, K, V]
+                nxt = sample(cfg_combine(logits, self.cfg_t), self.temperature_t, s.top_k, self.top_p_t,
+                             s.top_p > 0, s.greedy, self.generator)
+                self._commit(nxt)
+
+            g = self._graphs[key] = CUDAGraphed(run, True, (self.generator,))
+        return g
+
+    # -- frames out -----------------------------------------------------------------------------------------------
+    def read_frames(self, start: int, end: int) -> torch.Tensor:
+        """Complete frames [start, end) as codes [B, K, end - start] (device tensor, no sync)."""
+        if not 0 <= start <= end <= self.frames_ready:
+            raise ValueError(f"frames [{start}, {end}) are not ready (ready: {self.frames_ready})")
+        if self.column - start >= self.ring_size - self.cfg.max_delay - 1:
+            raise ValueError(f"frame {start} has been overwritten; read frames more often")
+        idx = torch.arange(start, end, device=self.device) % self.ring_size
+        return self.ring.index_select(2, idx)
+
+    # -- past the trained context ---------------------------------------------------------------------------------
+    def _replan_work(self) -> None:
+        """Background re-prompt: start, feed a chunk, or hand over, so that the next step always fits."""
+        if self.total is not None and not self.total_exceeds_context(self.total - self.base) and self.catchup is None:
+            return
+        fed = self.column - self.base  # positions the active cache will hold after feeding self.column, minus one
+        if self.catchup is None:
+            if fed < self.replan_at:
+                return
+            spare = self.states[1] if self.active is self.states[0] else self.states[0]
+            spare.reset()
+            self._condition(spare)
+            self.catchup = _Catchup(spare, self.column - self.keep)
+        cu = self.catchup
+        start = cu.base + cu.state.pos
+        stop = min(start + self.replan.chunk, self.column)
+        if stop > start:
+            cols = columns_from_frames(self.ring, self.cfg.delays, start, stop, cu.base, self.cfg.special,
+                                       self.ring_size)
+            self.lm(torch.cat([cols, cols], 0), cu.state)
+        if cu.base + cu.state.pos == self.column:  # caught up: the new context feeds the current column
+            self.active, self.base, self.catchup = cu.state, cu.base, None
+        elif fed >= self.context - 1:
+            raise RuntimeError("re-prompt did not catch up in time; raise ReplanConfig.chunk")
+
+    # -- snapshot / restore ---------------------------------------------------------------------------------------
+    def snapshot(self) -> StreamSnapshot:
+        """Everything needed to resume from here (taken right after `start` it costs only the prompt's cache)."""
+        if self.catchup is not None:
+            raise RuntimeError("cannot snapshot while re-prompting; snapshot right after start()")
+        return StreamSnapshot(self.active.snapshot(), self.col.clone(), self.ring.clone(),
+                              self.generator.get_state(), self.column, self.base, self.n_prompt, self.total,
+                              self.sampling)
+
+    def restore(self, snap: StreamSnapshot) -> None:
+        """Resume from a snapshot, in place (graph buffers keep their addresses)."""
+        self.active, self.catchup = self.states[0], None
+        self.active.restore(snap.state)
+        self.col.copy_(snap.col)
+        self.inp[: self.B, :, 0] = snap.col
+        self.inp[self.B :, :, 0] = snap.col
+        self.ring.copy_(snap.ring)
+        self.column, self.base, self.n_prompt, self.total = snap.column, snap.base, snap.n_prompt, snap.total
+        self.col_t.fill_(snap.column + 1)
+        if snap.sampling != self.sampling:
+            self.set_sampling(snap.sampling)
+        self.generator.set_state(snap.rng)

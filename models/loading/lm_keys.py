@@ -1,0 +1,182 @@
+"""MusicGen LM checkpoint keys (transformers and audiocraft layouts) -> segue's `MusicGenLM`."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from segue.models.errors import ModelFileError
+from segue.models.lm.config import LMConfig
+from segue.models.lm.model import MusicGenLM
+
+
+def _delays(n_q: int, channels: int) -> tuple[int, ...]:
+    # Stereo interleaves left/right codebooks [1L, 1R, 2L, 2R, ...] and delays each pair together.
+    return tuple(k // channels for k in range(n_q))
+
+
+def lm_config_from_transformers(cfg: dict, frame_rate: float, max_duration: float = 30.0) -> LMConfig:
+    """A `MusicgenConfig` dict (config.json of a MusicGen repo) -> LMConfig."""
+    try:
+        dec, text = cfg["decoder"], cfg["text_encoder"]
+        if dec.get("activation_function", "gelu") != "gelu":
+            raise ModelFileError(f"activation {dec.get('activation_function')!r} is not supported (MusicGen: gelu)")
+        if dec.get("scale_embedding", False):
+            raise ModelFileError("scaled embeddings are not supported (no published MusicGen uses them)")
+        dim = int(dec["hidden_size"])
+        text_dim = int(text.get("d_model", text.get("hidden_size", 768)))
+        channels = int(dec.get("audio_channels", 1))
+        n_q = int(dec["num_codebooks"])
+        return LMConfig(
+            dim=dim,
+            num_heads=int(dec["num_attention_heads"]),
+            num_layers=int(dec["num_hidden_layers"]),
+            ffn_dim=int(dec["ffn_dim"]),
+            n_q=n_q,
+            card=int(dec["vocab_size"]),
+            delays=_delays(n_q, channels),
+            text_dim=text_dim,
+            cond_proj=text_dim != dim and dec.get("cross_attention_hidden_size") is None,
+            max_duration=max_duration,
+            frame_rate=frame_rate,
+            channels=channels,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"the MusicGen config is not one segue understands ({exc}); check config.json") from exc
+
+
+def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LMConfig:
+    """An audiocraft `xp.cfg` (MusicGen / AudioGen LM solver) -> LMConfig."""
+    try:
+        if cfg.get("lm_model", "transformer_lm") != "transformer_lm":
+            raise ModelFileError(f"LM type {cfg.get('lm_model')!r} is not supported (MAGNeT and others are not)")
+        tl = cfg["transformer_lm"]
+        pattern = cfg.get("codebooks_pattern", {})
+        if pattern.get("modeling") != "delay":
+            raise ModelFileError(f"codebook pattern {pattern.get('modeling')!r} is not supported (only 'delay')")
+        fuser = cfg.get("fuser", {})
+        if fuser.get("prepend") or fuser.get("sum") or fuser.get("input_interpolate"):
+            raise ModelFileError("melody / prepend-conditioned models are not supported yet (text cross-attention only)")
+        for key in ("bias_ff", "bias_attn", "bias_proj"):
+            if tl.get(key, False):
+                raise ModelFileError(f"LMs with {key}=true are not supported (MusicGen has no biases)")
+        if not tl.get("norm_first", False) or tl.get("norm", "layer_norm") != "layer_norm":
+            raise ModelFileError("only pre-norm LayerNorm transformers are supported")
+        if tl.get("positional_embedding", "sin") != "sin" or tl.get("layer_scale") or tl.get("qk_layer_norm"):
+            raise ModelFileError("only sinusoidal positions without layer scale or qk-norm are supported")
+        n_q = int(tl["n_q"])
+        delays = tuple(int(d) for d in pattern["delay"]["delays"])
+        dim = int(tl["dim"])
+        return LMConfig(
+            dim=dim,
+            num_heads=int(tl["num_heads"]),
+            num_layers=int(tl["num_layers"]),
+            ffn_dim=int(tl.get("hidden_scale", 4) * dim),
+            n_q=n_q,
+            card=int(tl["card"]),
+            delays=delays,
+            text_dim=text_dim,
+            cond_proj=True,
+            max_duration=float(cfg["dataset"]["segment_duration"]),
+            frame_rate=frame_rate,
+            max_period=float(tl.get("max_period", 10000.0)),
+            channels=2 if cfg.get("interleave_stereo_codebooks", {}).get("use", False) else 1,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"the audiocraft LM config is not one segue understands ({exc})") from exc
+
+
+def _finish(lm: MusicGenLM, out: dict[str, torch.Tensor], source: str) -> None:
+    ref = lm.state_dict()
+    missing = sorted(set(ref) - set(out))
+    unexpected = sorted(set(out) - set(ref))
+    if missing or unexpected:
+        raise ModelFileError(f"{source}: LM weights do not match its config (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); the checkpoint is corrupt or of an unsupported variant")
+    for key, value in out.items():
+        if value.shape != ref[key].shape:
+            raise ModelFileError(f"{source}: {key} has shape {list(value.shape)}, config implies "
+                                 f"{list(ref[key].shape)}; the checkpoint is corrupt")
+    lm.load_state_dict({k: v.to(ref[k].dtype) for k, v in out.items()})
+
+
+def _stack(sd: dict, pattern: str, n: int, source: str) -> torch.Tensor:
+    try:
+        return torch.stack([sd.pop(pattern.format(k)) for k in range(n)])
+    except KeyError as exc:
+        raise ModelFileError(f"{source}: missing {exc.args[0]}; the checkpoint is incomplete") from exc
+
+
+def load_lm_from_transformers(lm: MusicGenLM, raw: dict[str, torch.Tensor], source: str) -> None:
+    """`decoder.*` + `enc_to_dec_proj.*` keys of a `MusicgenForConditionalGeneration` into `lm`, in place."""
+    cfg = lm.cfg
+    sd = dict(raw)
+    out = {
+        "emb": _stack(sd, "decoder.model.decoder.embed_tokens.{}.weight", cfg.n_q, source),
+        "heads": _stack(sd, "decoder.lm_heads.{}.weight", cfg.n_q, source),
+    }
+    prefix = "decoder.model.decoder."
+    names = {"self_attn.out_proj": "wo", "encoder_attn.q_proj": "cq", "encoder_attn.out_proj": "co",
+             "self_attn_layer_norm": "norm1", "encoder_attn_layer_norm": "norm_cross", "final_layer_norm": "norm2",
+             "fc1": "fc1", "fc2": "fc2"}
+    try:
+        for i in range(cfg.num_layers):
+            p = f"{prefix}layers.{i}."
+            out[f"layers.{i}.wqkv.weight"] = torch.cat([sd.pop(f"{p}self_attn.{x}_proj.weight") for x in "qkv"])
+            out[f"layers.{i}.ckv.weight"] = torch.cat([sd.pop(f"{p}encoder_attn.{x}_proj.weight") for x in "kv"])
+            for hf, ours in names.items():
+                for suffix in ("weight", "bias"):
+                    key = f"{p}{hf}.{suffix}"
+                    if key in sd:
+                        out[f"layers.{i}.{ours}.{suffix}"] = sd.pop(key)
+    except KeyError as exc:
+        raise ModelFileError(f"{source}: missing {exc.args[0]}; the checkpoint is incomplete") from exc
+    for suffix in ("weight", "bias"):
+        if f"{prefix}layer_norm.{suffix}" in sd:
+            out[f"out_norm.{suffix}"] = sd.pop(f"{prefix}layer_norm.{suffix}")
+        if f"enc_to_dec_proj.{suffix}" in sd:
+            out[f"cond_proj.{suffix}"] = sd.pop(f"enc_to_dec_proj.{suffix}")
+    leftover = [k for k in sd if not k.startswith(f"{prefix}embed_positions")]
+    if leftover:
+        raise ModelFileError(f"{source}: unexpected LM weights {leftover[:3]}; this MusicGen variant is not supported")
+    _finish(lm, out, source)
+
+
+_AC_NAMES = {"self_attn.out_proj": "wo", "cross_attention.out_proj": "co", "norm1": "norm1",
+             "norm_cross": "norm_cross", "norm2": "norm2", "linear1": "fc1", "linear2": "fc2"}
+
+
+def load_lm_from_audiocraft(lm: MusicGenLM, raw: dict[str, torch.Tensor], source: str) -> None:
+    """An audiocraft LM `best_state` (`transformer.layers.N.self_attn.in_proj_weight`, ...) into `lm`, in place."""
+    cfg = lm.cfg
+    sd = dict(raw)
+    d = cfg.dim
+    out = {
+        "emb": _stack(sd, "emb.{}.weight", cfg.n_q, source),
+        "heads": _stack(sd, "linears.{}.weight", cfg.n_q, source),
+    }
+    for key in list(sd):
+        m = re.match(r"^transformer\.layers\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if m:
+            i, name, suffix = m.groups()
+            if name in _AC_NAMES:
+                out[f"layers.{i}.{_AC_NAMES[name]}.{suffix}"] = sd.pop(key)
+        elif key.startswith("out_norm."):
+            out[key] = sd.pop(key)
+        elif key.startswith("condition_provider.conditioners.description.output_proj."):
+            out["cond_proj." + key.rsplit(".", 1)[1]] = sd.pop(key)
+    # Packed q|k|v projections are named `in_proj_weight` (no `.weight` suffix).
+    for key in list(sd):
+        m = re.match(r"^transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.in_proj_weight$", key)
+        if m:
+            i, kind = m.groups()
+            w = sd.pop(key)
+            if kind == "self_attn":
+                out[f"layers.{i}.wqkv.weight"] = w
+            else:
+                out[f"layers.{i}.cq.weight"], out[f"layers.{i}.ckv.weight"] = w[:d], w[d:]
+    leftover = [k for k in sd if not k.startswith("condition_provider.")]
+    if leftover:
+        raise ModelFileError(f"{source}: unexpected LM weights {leftover[:3]}; this audiocraft LM is not supported")
+    _finish(lm, out, source)

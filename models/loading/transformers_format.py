@@ -1,0 +1,94 @@
+"""Folders in the transformers layout: `MusicgenForConditionalGeneration` repos and `EncodecModel` repos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from segue.models.codec.encodec import Encodec
+from segue.models.errors import ModelFileError
+from segue.models.lm.conditioning import TextEncoder
+from segue.models.lm.model import MusicGenLM
+from segue.models.loading.codec_keys import codec_config_from_transformers, load_codec_from_transformers
+from segue.models.loading.lm_keys import lm_config_from_transformers, load_lm_from_transformers
+from segue.models.loading.weights import read_state_dict
+
+
+def read_config(folder: Path) -> dict | None:
+    path = folder / "config.json"
+    if not path.exists():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}); download the model again") from exc
+    if not isinstance(cfg, dict):
+        raise ModelFileError(f"{path} does not hold a config object")
+    return cfg
+
+
+def model_kind(cfg: dict) -> str:
+    kind = cfg.get("model_type")
+    if kind in ("musicgen", "encodec"):
+        return kind
+    if kind == "musicgen_melody":
+        raise ModelFileError("MusicGen-Melody (chroma conditioning) is not supported yet; use a text MusicGen "
+                             "such as facebook/musicgen-small")
+    raise ModelFileError(f"model type {kind!r} is not a MusicGen or EnCodec model")
+
+
+def load_codec(folder: Path, cfg: dict) -> Encodec:
+    """The codec of a MusicGen repo (`audio_encoder.*`) or of an EnCodec repo."""
+    if model_kind(cfg) == "musicgen":
+        codec_cfg, prefix = cfg.get("audio_encoder"), "audio_encoder."
+        if not isinstance(codec_cfg, dict):
+            raise ModelFileError(f"{folder}/config.json has no audio_encoder section")
+    else:
+        codec_cfg, prefix = cfg, ""
+    codec = Encodec(codec_config_from_transformers(codec_cfg))
+    load_codec_from_transformers(codec, read_state_dict(folder, prefix), str(folder))
+    return codec.eval()
+
+
+def _load_t5(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> TextEncoder:
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    try:
+        t5_cfg = T5Config(**{k: v for k, v in cfg["text_encoder"].items() if k != "model_type"})
+    except (KeyError, TypeError) as exc:
+        raise ModelFileError(f"{folder}/config.json has no usable text_encoder section") from exc
+    encoder = T5EncoderModel(t5_cfg)
+    if "shared.weight" in weights:
+        weights.setdefault("encoder.embed_tokens.weight", weights["shared.weight"])
+    missing, unexpected = encoder.load_state_dict(weights, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("decoder.")]
+    if missing or unexpected:
+        raise ModelFileError(f"{folder}: text encoder weights incomplete (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); download the model again")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{folder} has no usable T5 tokenizer ({exc}); download the model again") from exc
+    return TextEncoder(tokenizer, encoder)
+
+
+def load_musicgen(folder: Path, cfg: dict, dtype: torch.dtype) -> tuple[Encodec, MusicGenLM, TextEncoder]:
+    """Codec, LM and text encoder of a `MusicgenForConditionalGeneration` folder."""
+    sd = read_state_dict(folder)
+    codec = Encodec(codec_config_from_transformers(cfg.get("audio_encoder") or {}))
+    load_codec_from_transformers(codec, _take(sd, "audio_encoder."), str(folder))
+    lm = MusicGenLM(lm_config_from_transformers(cfg, codec.cfg.frame_rate))
+    lm_sd = _take(sd, "decoder.", keep_prefix=True)
+    lm_sd.update(_take(sd, "enc_to_dec_proj.", keep_prefix=True))
+    load_lm_from_transformers(lm, lm_sd, str(folder))
+    text = _load_t5(folder, cfg, _take(sd, "text_encoder."))
+    return codec.eval(), lm.to(dtype).eval(), text
+
+
+def _take(sd: dict[str, torch.Tensor], prefix: str, keep_prefix: bool = False) -> dict[str, torch.Tensor]:
+    out = {}
+    for key in [k for k in sd if k.startswith(prefix)]:
+        out[key if keep_prefix else key[len(prefix):]] = sd.pop(key)
+    return out

@@ -1,0 +1,90 @@
+"""A loaded model: codec + LM + text conditioning. Weights only; every generation owns its own streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from segue.models.codec.encodec import Encodec
+from segue.models.lm.conditioning import Conditioner, TextEncoder
+from segue.models.lm.config import ReplanConfig, SamplingParams
+from segue.models.lm.model import MusicGenLM
+from segue.models.lm.stream import LMStream
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a model came from: `ref` as the user wrote it, the folder it was read from, its file layout."""
+
+    ref: str
+    folder: str | None
+    layout: str  # "transformers", "audiocraft" or "demo"
+    kind: str  # "musicgen", "audiogen" or "encodec"
+
+
+class MusicGen:
+    """EnCodec + MusicGen/AudioGen LM + T5 conditioning, on one device.
+
+    `stream()` creates the per-take state; the model object itself is never mutated by generation, so reloading
+    weights and running streams never interfere.
+    """
+
+    def __init__(self, codec: Encodec, lm: MusicGenLM | None, text: TextEncoder | None, info: ModelInfo):
+        if lm is not None and lm.cfg.n_q != codec.cfg.n_q * (lm.cfg.channels // codec.cfg.channels):
+            raise ValueError(f"LM models {lm.cfg.n_q} codebooks but the codec has {codec.cfg.n_q}")
+        self.codec, self.lm, self.text, self.info = codec, lm, text, info
+        self.conditioner = Conditioner(lm, text) if lm is not None else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.codec.device
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.cfg.sample_rate
+
+    @property
+    def channels(self) -> int:
+        """Audio channels of the generated signal (2 for stereo MusicGen, whose codec is mono)."""
+        return self.lm.cfg.channels if self.lm is not None else self.codec.cfg.channels
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.cfg.frame_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.codec.cfg.hop_length
+
+    @property
+    def max_duration(self) -> float:
+        """Seconds the LM was trained on; longer streams re-prompt themselves."""
+        return self.lm.cfg.max_duration if self.lm is not None else float("inf")
+
+    def require_lm(self) -> MusicGenLM:
+        if self.lm is None:
+            raise ValueError(f"{self.info.ref} is a codec only; it cannot generate (use `segue codec`)")
+        return self.lm
+
+    def stream(self, batch: int = 1, sampling: SamplingParams = SamplingParams(),
+               replan: ReplanConfig = ReplanConfig(), cuda_graphs: bool | None = None) -> LMStream:
+        return LMStream(self.require_lm(), self.conditioner, batch, sampling, replan=replan, cuda_graphs=cuda_graphs)
+
+    # -- codes <-> audio for multi-channel LMs (stereo MusicGen interleaves L/R codebooks over a mono codec) -------
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """audio [B, channels, N] -> LM codes [B, K, T] (stereo: codebooks interleaved [1L, 1R, 2L, 2R, ...])."""
+        c = self.codec.cfg.channels
+        if self.channels == c:
+            return self.codec.encode(audio)
+        parts = [self.codec.encode(audio[:, i : i + c]) for i in range(0, self.channels, c)]
+        return torch.stack(parts, 2).flatten(1, 2)  # [B, K/2, 2, T] -> [B, K, T]
+
+    def split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
+        """LM codes [B, K, T] -> one codec code tensor per codec pass (L then R for stereo)."""
+        groups = self.channels // self.codec.cfg.channels
+        return [codes[:, g::groups] for g in range(groups)]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """LM codes [B, K, T] -> audio [B, channels, T * hop]."""
+        return torch.cat([self.codec.decode(c) for c in self.split_codes(codes)], 1)

@@ -1,0 +1,1 @@
+"""segue.osc_bridge: OSC adapter onto the daemon command vocabulary (arrives with the OSC/MIDI issue)."""
