@@ -80,10 +80,15 @@ class MusicGen:
         parts = [self.codec.encode(audio[:, i : i + c]) for i in range(0, self.channels, c)]
         return torch.stack(parts, 2).flatten(1, 2)  # [B, K/2, 2, T] -> [B, K, T]
 
+    @property
+    def codec_passes(self) -> int:
+        """Codec runs per frame: 2 for stereo MusicGen (left and right through the mono codec), else 1."""
+        return self.channels // self.codec.cfg.channels
+
     def split_codes(self, codes: torch.Tensor) -> list[torch.Tensor]:
         """LM codes [B, K, T] -> one codec code tensor per codec pass (L then R for stereo)."""
-        groups = self.channels // self.codec.cfg.channels
-        return [codes[:, g::groups] for g in range(groups)]
+        n = self.codec_passes
+        return [codes[:, g::n] for g in range(n)]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """LM codes [B, K, T] -> audio [B, channels, T * hop]."""

@@ -51,6 +51,8 @@ def snapshot(state: S) -> S:
 
 def restore_(dst: Any, src: Any) -> None:
     """Copy `src` into `dst` in place: tensors with `copy_`, everything else by assignment, recursively."""
+    if dst is None and src is None:
+        return
     if isinstance(dst, torch.Tensor):
         dst.copy_(src)
     elif isinstance(dst, Tail):

@@ -16,12 +16,28 @@ from dataclasses import dataclass
 import torch
 
 from segue.models.lm.conditioning import Condition, Conditioner, stack_rows
-from segue.models.lm.config import ReplanConfig, SamplingParams
+from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.cuda_graph import CUDAGraphed, graphs_enabled
 from segue.models.lm.model import MusicGenLM
 from segue.models.lm.pattern import columns_from_frames
 from segue.models.lm.sampling import cfg_combine, sample
 from segue.models.lm.state import LMState, LMStateSnapshot
+
+
+def replan_points(cfg: LMConfig, replan: ReplanConfig) -> tuple[int, int]:
+    """(frames kept when re-prompting, column offset at which the background re-prompt starts)."""
+    keep = min(int(replan.keep_seconds * cfg.frame_rate), cfg.context // 2)
+    catchup_steps = math.ceil((keep + 2) / max(1, replan.chunk - 1)) + 2
+    # Last position the active cache may reach before the re-prompted one must have taken over.
+    replan_at = cfg.context - 1 - catchup_steps
+    if replan_at <= keep:
+        raise ValueError("re-prompt window too large for this model's context; lower keep_seconds")
+    return keep, replan_at
+
+
+def max_prompt_frames(cfg: LMConfig, replan: ReplanConfig = ReplanConfig()) -> int:
+    """Longest audio prompt a stream accepts: it must be prefilled before re-prompting could start."""
+    return replan_points(cfg, replan)[1] - cfg.max_delay - 1
 
 
 @dataclass
@@ -66,12 +82,7 @@ class LMStream:
         self.device = dev
         self.rows = 2 * batch
         self.context = cfg.context
-        self.keep = min(int(replan.keep_seconds * cfg.frame_rate), self.context // 2)
-        catchup_steps = math.ceil((self.keep + 2) / max(1, replan.chunk - 1)) + 2
-        # Last position the active cache may reach before the re-prompted one must have taken over.
-        self.replan_at = self.context - 1 - catchup_steps
-        if self.replan_at <= self.keep:
-            raise ValueError("re-prompt window too large for this model's context; lower keep_seconds")
+        self.keep, self.replan_at = replan_points(cfg, replan)
         self.states = [LMState.allocate(cfg, self.rows, self.context, max_text, dev, dt)]
         self.ring_size = 2 * self.context
         K = cfg.n_q
@@ -126,8 +137,8 @@ class LMStream:
         n_prompt = 0 if prompt is None else prompt.shape[-1]
         if prompt is not None and (prompt.dim() != 3 or prompt.shape[:2] != (B, cfg.n_q)):
             raise ValueError(f"prompt codes must be [{B}, {cfg.n_q}, frames], got {list(prompt.shape)}")
-        if n_prompt > self.replan_at - cfg.max_delay - 1:
-            limit = (self.replan_at - cfg.max_delay - 1) / cfg.frame_rate
+        if n_prompt > max_prompt_frames(cfg, self.replan):
+            limit = max_prompt_frames(cfg, self.replan) / cfg.frame_rate
             raise ValueError(f"the audio prompt is {n_prompt / cfg.frame_rate:.2f} s; this model's context allows "
                              f"at most {limit:.2f} s of prompt")
         if total_frames is not None and total_frames <= n_prompt:

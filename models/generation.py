@@ -1,0 +1,115 @@
+"""One take: text and/or audio prompt -> LM stream -> streaming codec decoder -> chunks of new audio.
+
+The decoder is fed the prompt frames first, so the new audio is decoded in context (it equals the tail of
+decoding prompt + continuation in one pass) and starts exactly where the prompt ends, without an edge.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from segue.models.codec.encodec import DecoderStream
+from segue.models.errors import RequestError
+from segue.models.lm.config import SamplingParams
+from segue.models.lm.stream import max_prompt_frames
+from segue.models.musicgen import MusicGen
+
+MAX_SECONDS = 3600.0  # one take; beyond this a request is almost certainly a typo (ms for s)
+
+
+def prompt_codes(model: MusicGen, audio: torch.Tensor) -> torch.Tensor:
+    """audio [channels, N] at the model rate -> LM codes [1, K, T_p]."""
+    return model.encode(audio[None].to(model.device))
+
+
+def max_prompt_seconds(model: MusicGen) -> float:
+    """Longest audio prompt the LM context takes."""
+    return max_prompt_frames(model.require_lm().cfg) / model.frame_rate
+
+
+def frames_for(model: MusicGen, seconds: float) -> int:
+    if not seconds > 0:
+        raise RequestError(f"duration must be positive, got {seconds}")
+    if seconds > MAX_SECONDS:
+        raise RequestError(f"duration {seconds:g} s is over the {MAX_SECONDS:g} s limit of one take; "
+                           "ask for less (durations are in seconds)")
+    frames = round(seconds * model.frame_rate)
+    if frames < 1:
+        raise RequestError(f"duration {seconds:g} s is shorter than one frame ({1 / model.frame_rate:g} s)")
+    return frames
+
+
+class Take:
+    """Generates `frames` new frames after an optional prompt and yields their audio as it is decoded.
+
+    Args:
+        model: the loaded model (shared, read only).
+        text: text prompt, or None for the null condition.
+        prompt: LM codes [1, K, T_p] to continue, or None.
+        frames: new frames to generate.
+        sampling: sampling settings (seeded when `sampling.seed` is set).
+        chunk_frames: frames decoded per yielded chunk.
+    """
+
+    def __init__(self, model: MusicGen, text: str | None, prompt: torch.Tensor | None, frames: int,
+                 sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25):
+        self.model, self.frames, self.chunk_frames = model, frames, chunk_frames
+        self.n_prompt = 0 if prompt is None else prompt.shape[-1]
+        if text and model.text is not None:
+            tokens = model.text.token_count(text)
+            if tokens > 256:
+                raise RequestError(f"the text prompt is {tokens} tokens; the limit is 256, shorten it")
+        self.stream = model.stream(1, sampling)
+        try:
+            self.stream.start([text], prompt, total_frames=self.n_prompt + frames)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
+        self.decoders: list[DecoderStream] = [model.codec.stream_decoder(1) for _ in range(model.codec_passes)]
+        self.skip = self.n_prompt * model.hop_length  # samples of prompt audio the decoders will emit first
+        self.read = 0
+        self.codes: list[torch.Tensor] = []  # new frames, on the host, as read
+
+    @property
+    def seed(self) -> int:
+        return self.stream.seed
+
+    def _decode(self, codes: torch.Tensor, last: bool) -> np.ndarray:
+        parts = []
+        for dec, c in zip(self.decoders, self.model.split_codes(codes)):
+            y = dec.push(c)
+            if last:
+                y = torch.cat([y, dec.flush()], -1)
+            parts.append(y)
+        pcm = torch.cat(parts, 1)[0]  # [C, n]
+        drop = min(self.skip, pcm.shape[-1])
+        self.skip -= drop
+        return pcm[:, drop:].float().cpu().numpy()  # the only host copy: finished PCM
+
+    @torch.no_grad()
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Chunks [C, n] float32 of new audio; their concatenation is frames * hop samples."""
+        s = self.stream
+        while True:
+            if not s.done:
+                s.step()
+            ready = s.frames_ready
+            if ready - self.read >= self.chunk_frames or s.done:
+                codes = s.read_frames(self.read, ready)
+                new_from = max(self.read, self.n_prompt) - self.read
+                if codes.shape[-1] > new_from:
+                    self.codes.append(codes[0, :, new_from:].cpu())
+                self.read = ready
+                pcm = self._decode(codes, last=s.done)
+                if pcm.shape[-1]:
+                    yield pcm
+                if s.done:
+                    return
+
+    def new_codes(self) -> np.ndarray:
+        """The generated frames [K, frames] (delay pattern removed), after iteration."""
+        if not self.codes:
+            return np.zeros((self.model.lm.cfg.n_q, 0), dtype=np.int64)
+        return torch.cat(self.codes, -1).numpy().astype(np.int64)
