@@ -97,11 +97,11 @@ def save_musicgen(model, tok, folder: Path) -> Path:
 def hf_greedy_codes(model, tok, text: str, new_steps: int, audio: torch.Tensor | None = None,
                     guidance: float = 3.0) -> torch.Tensor:
     """Codes [B, K, T] that transformers' generate hands to its codec (prompt frames included)."""
-    captured = {}
+    captured = []  # stereo decodes left ([::2]) then right ([1::2]) codebooks in two calls
     decode = model.audio_encoder.decode
 
     def capture(codes, *args, **kwargs):
-        captured["codes"] = codes.clone()
+        captured.append(codes[0].clone())
         return decode(codes, *args, **kwargs)
 
     model.audio_encoder.decode = capture
@@ -115,7 +115,9 @@ def hf_greedy_codes(model, tok, text: str, new_steps: int, audio: torch.Tensor |
             model.generate(**kwargs)
     finally:
         model.audio_encoder.decode = decode
-    return captured["codes"][0]
+    if len(captured) == 1:
+        return captured[0]
+    return torch.stack(captured, 2).flatten(1, 2)  # [B, K/2, 2, T] -> interleaved [B, K, T]
 
 
 # -- audiocraft export layout -----------------------------------------------------------------------------------------

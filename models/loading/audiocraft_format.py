@@ -84,12 +84,14 @@ def load_codec(folder: Path, fetch) -> Encodec:
 
 def load_text_encoder(name: str, fetch) -> TextEncoder:
     """T5 encoder + tokenizer by hub name (t5-base, t5-large, ...) or local folder."""
-    from transformers import AutoTokenizer, T5EncoderModel
+    from transformers import T5EncoderModel
+
+    from segue.models.loading.transformers_format import load_tokenizer
 
     folder = fetch(name)
+    tokenizer = load_tokenizer(folder)
     try:
         encoder = T5EncoderModel.from_pretrained(str(folder))
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as exc:
         raise ModelFileError(f"cannot load the T5 text encoder {name!r} from {folder} ({exc})") from exc
     return TextEncoder(tokenizer, encoder)

@@ -103,9 +103,14 @@ def _finish(lm: MusicGenLM, out: dict[str, torch.Tensor], source: str) -> None:
 
 def _stack(sd: dict, pattern: str, n: int, source: str) -> torch.Tensor:
     try:
-        return torch.stack([sd.pop(pattern.format(k)) for k in range(n)])
+        parts = [sd.pop(pattern.format(k)) for k in range(n)]
     except KeyError as exc:
         raise ModelFileError(f"{source}: missing {exc.args[0]}; the checkpoint is incomplete") from exc
+    shapes = {tuple(p.shape) for p in parts}
+    if len(shapes) != 1:
+        raise ModelFileError(f"{source}: {pattern.format('*')} have differing shapes {sorted(shapes)}; "
+                             "the checkpoint is corrupt")
+    return torch.stack(parts)
 
 
 def load_lm_from_transformers(lm: MusicGenLM, raw: dict[str, torch.Tensor], source: str) -> None:

@@ -53,7 +53,7 @@ def load_codec(folder: Path, cfg: dict) -> Encodec:
 
 
 def _load_t5(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> TextEncoder:
-    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     try:
         t5_cfg = T5Config(**{k: v for k, v in cfg["text_encoder"].items() if k != "model_type"})
@@ -67,11 +67,24 @@ def _load_t5(folder: Path, cfg: dict, weights: dict[str, torch.Tensor]) -> TextE
     if missing or unexpected:
         raise ModelFileError(f"{folder}: text encoder weights incomplete (missing {missing[:3]}, unexpected "
                              f"{unexpected[:3]}); download the model again")
+    tokenizer = load_tokenizer(folder)
+    return TextEncoder(tokenizer, encoder)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+
+def load_tokenizer(folder: Path):
+    """The T5 tokenizer saved next to the weights (tokenizer.json or spiece.model must be there)."""
+    from transformers import AutoTokenizer
+
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelFileError(f"{folder} has no T5 tokenizer ({' or '.join(TOKENIZER_FILES)}); download the model "
+                             "again")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        return AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, TypeError) as exc:
         raise ModelFileError(f"{folder} has no usable T5 tokenizer ({exc}); download the model again") from exc
-    return TextEncoder(tokenizer, encoder)
 
 
 def load_musicgen(folder: Path, cfg: dict, dtype: torch.dtype) -> tuple[Encodec, MusicGenLM, TextEncoder]:

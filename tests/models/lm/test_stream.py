@@ -1,0 +1,184 @@
+"""The LM stream: step-by-step equals prefill, the static step equals the eager one, snapshots replay exactly,
+and a stream outlives the trained context without stopping."""
+
+import pytest
+import torch
+
+from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
+from segue.models.lm.pattern import columns_from_frames
+from segue.models.lm.state import LMState
+from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
+from segue.models.musicgen import ModelInfo, MusicGen
+
+SHORT = LMConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, n_q=4, card=2048, text_dim=32, max_duration=2.0,
+                 frame_rate=50.0)  # context of 104 positions: re-prompting happens within a few hundred steps
+
+
+@pytest.fixture(scope="module")
+def short_model():
+    return MusicGen(random_codec(DEMO_CODEC, 1), random_lm(SHORT, 2), random_text_encoder(DEMO_T5, 3),
+                    ModelInfo("short", None, "demo", "musicgen"))
+
+
+def conditioned_state(model, text="pads", rows=1, context=None, max_text=16):
+    cfg = model.lm.cfg
+    state = LMState.allocate(cfg, rows, context or cfg.context, max_text, torch.device("cpu"), torch.float32)
+    c = model.conditioner(text)
+    state.set_condition(c.cross_k.expand(-1, rows, -1, -1, -1), c.cross_v.expand(-1, rows, -1, -1, -1),
+                        c.mask.expand(rows, -1))
+    return state
+
+
+def test_step_by_step_equals_prefill(short_model):
+    lm = short_model.lm
+    ids = torch.randint(0, 2049, (2, 4, 30))
+    full = lm(ids, conditioned_state(short_model, rows=2), last_only=False)
+    st = conditioned_state(short_model, rows=2)
+    steps = torch.cat([lm(ids[..., t : t + 1], st) for t in range(30)], 2)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    st = conditioned_state(short_model, rows=2)  # prefill in uneven chunks at growing offsets
+    chunks = [lm(ids[..., a:b], st, last_only=False) for a, b in ((0, 7), (7, 8), (8, 21), (21, 30))]
+    torch.testing.assert_close(torch.cat(chunks, 2), full, atol=1e-5, rtol=1e-5)
+
+
+def test_static_step_equals_eager_step(short_model):
+    """The fixed-shape step a CUDA graph captures computes what the eager step computes (checked on CPU)."""
+    lm = short_model.lm
+    ids = torch.randint(0, 2049, (2, 4, 12))
+    eager, static = conditioned_state(short_model, rows=2), conditioned_state(short_model, rows=2)
+    lm(ids[..., :5], eager)
+    lm(ids[..., :5], static)
+    for t in range(5, 12):
+        a = lm(ids[..., t : t + 1], eager)[:, :, 0]
+        b = lm.step_static(ids[..., t : t + 1], static)
+        static.pos += 1
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert int(static.pos_t) == eager.pos == 12
+
+
+def test_cache_is_allocated_once(short_model):
+    stream = short_model.stream(1, SamplingParams(seed=1), replan=ReplanConfig(keep_seconds=0.5, chunk=16))
+    stream.start(["x"], None, total_frames=None)
+    ptrs = [(s.k.data_ptr(), s.v.data_ptr()) for s in stream.states]
+    ring = stream.ring.data_ptr()
+    snap = stream.snapshot()
+    for _ in range(250):  # crosses the context twice
+        stream.step()
+    stream.restore(snap)
+    assert [(s.k.data_ptr(), s.v.data_ptr()) for s in stream.states] == ptrs
+    assert stream.ring.data_ptr() == ring
+
+
+def test_snapshot_restore_replays_and_reseed_varies(short_model):
+    stream = short_model.stream(1, SamplingParams(seed=7))
+    stream.start(["glitch"], None, total_frames=60)
+    snap = stream.snapshot()
+    while not stream.done:
+        stream.step()
+    first = stream.read_frames(0, 60).clone()
+    stream.restore(snap)
+    while not stream.done:
+        stream.step()
+    assert torch.equal(stream.read_frames(0, 60), first)  # instant retry replays exactly
+    stream.restore(snap)
+    stream.reseed(8)  # retry with a new seed: same prompt state, different take
+    while not stream.done:
+        stream.step()
+    assert not torch.equal(stream.read_frames(0, 60), first)
+
+
+def test_seeded_sampling_is_reproducible_and_greedy_modes_agree(short_model):
+    def run(sampling):
+        s = short_model.stream(1, sampling)
+        s.start(["x"], None, total_frames=20)
+        while not s.done:
+            s.step()
+        return s.read_frames(0, 20)
+
+    assert torch.equal(run(SamplingParams(seed=3)), run(SamplingParams(seed=3)))
+    assert not torch.equal(run(SamplingParams(seed=3)), run(SamplingParams(seed=4)))
+    assert torch.equal(run(SamplingParams(top_k=1, seed=1)), run(SamplingParams(temperature=0.0, seed=2)))
+
+
+def test_prompt_frames_are_kept_and_no_special_token_leaks(short_model):
+    prompt = torch.randint(0, 2048, (1, 4, 20))
+    s = short_model.stream(1, SamplingParams(seed=1))
+    s.start([None], prompt, total_frames=50)
+    while not s.done:
+        s.step()
+    frames = s.read_frames(0, 50)
+    assert torch.equal(frames[..., :20], prompt)
+    assert int(frames.max()) < 2048
+
+
+def test_endless_stream_outlives_the_context(short_model):
+    cfg = short_model.lm.cfg
+    s = short_model.stream(1, SamplingParams(seed=5), replan=ReplanConfig(keep_seconds=0.6, chunk=8))
+    s.start(["drone"], None, total_frames=None)
+    switches, last_base = 0, s.base
+    for i in range(6 * cfg.context):
+        before = s.frames_ready
+        s.step()
+        assert s.frames_ready == before + (1 if s.column > cfg.max_delay else 0)  # one frame per step, no pause
+        if s.base != last_base:
+            switches, last_base = switches + 1, s.base
+        assert s.active.pos <= cfg.context
+    assert switches >= 5
+    assert int(s.read_frames(s.frames_ready - 50, s.frames_ready).max()) < 2048
+
+
+def test_reprompt_continues_from_exactly_the_recent_context(short_model):
+    """At the hand-over the new context holds the last frames, re-laid out as a fresh prompt, and predicts what a
+    cache prefilled with those columns in one pass predicts."""
+    cfg = short_model.lm.cfg
+    s = short_model.stream(1, SamplingParams(top_k=1), replan=ReplanConfig(keep_seconds=0.5, chunk=8))
+    s.start(["drone"], None, total_frames=None)
+    while s.catchup is None:
+        s.step()
+    cu = s.catchup
+    while s.catchup is not None:
+        s.step()
+    assert s.active is cu.state and s.base == cu.base
+    # Rebuild the same context in one prefill and compare its next-step logits with the stream's.
+    cols = columns_from_frames(s.ring, cfg.delays, cu.base, s.column + 1, cu.base, cfg.special, s.ring_size)
+    ref_state = conditioned_state(short_model, "drone", rows=2, max_text=s.active.max_text)
+    ref_state.set_condition(s.active.cross_k[:, :, :, : s.active.cross_len], s.active.cross_v[:, :, :, :s.active.cross_len],
+                            s.active.cross_mask[:, 0, 0, : s.active.cross_len])
+    ref = short_model.lm(torch.cat([cols, cols]), ref_state)[:, :, 0]
+    snap_pos = s.active.pos
+    mine = short_model.lm(s.inp, s.active)[:, :, 0]
+    assert s.active.pos == snap_pos + 1
+    torch.testing.assert_close(mine, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_finite_take_longer_than_context(short_model):
+    s = short_model.stream(1, SamplingParams(seed=2), replan=ReplanConfig(keep_seconds=0.5, chunk=8))
+    total = 3 * short_model.lm.cfg.context
+    s.start(["x"], None, total_frames=total)
+    read, got = 0, []
+    while not s.done:
+        s.step()
+        if s.frames_ready - read >= 40 or s.done:
+            got.append(s.read_frames(read, s.frames_ready))
+            read = s.frames_ready
+    frames = torch.cat(got, -1)
+    assert frames.shape == (1, 4, total) and int(frames.max()) < 2048
+
+
+def test_bad_requests_are_refused(short_model):
+    s = short_model.stream(1)
+    with pytest.raises(RuntimeError, match="start"):
+        s.step()
+    with pytest.raises(ValueError, match="frames"):
+        s.start(["x"], torch.zeros(1, 3, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="context"):
+        s.start(["x"], torch.zeros(1, 4, 500, dtype=torch.long))
+    with pytest.raises(ValueError, match="prompts"):
+        s.start(["a", "b"])
+    s.start(["x"], None, total_frames=2)
+    while not s.done:
+        s.step()
+    with pytest.raises(RuntimeError, match="all its frames"):
+        s.step()
+    with pytest.raises(ValueError, match="not ready"):
+        s.read_frames(0, 10)
