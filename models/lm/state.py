@@ -25,6 +25,12 @@ class LMState:
     pos: int = 0  # positions filled so far (host)
     cross_len: int = 0  # text tokens in use (host), <= S_max
     cross_full: bool = True  # every row attends to all `cross_len` tokens (no mask needed)
+    # Folded cross-attention of the conditional rows (see MusicGenLM.fold_cross), used by the eager forward.
+    # fold_rows None: not folded; 0: no text at all, cross-attention contributes nothing.
+    fold_a: torch.Tensor | None = None  # [L, B, H, S, dim]
+    fold_b: torch.Tensor | None = None  # [L, B, H, S, dim]
+    fold_bias: torch.Tensor | None = None  # [B, 1, 1, S] additive mask (0 / -inf), None when no padding
+    fold_rows: int | None = None
 
     @classmethod
     def allocate(cls, cfg: LMConfig, rows: int, context: int, max_text: int, device: torch.device,
@@ -82,12 +88,22 @@ class LMState:
         self.cross_mask[:, 0, 0, :S] = mask
         self.cross_len = S
         self.cross_full = bool(mask.all())
+        self.set_fold(None, None, None, None)
+
+    def set_fold(self, fold_a: torch.Tensor | None, fold_b: torch.Tensor | None, mask: torch.Tensor | None,
+                 rows: int | None) -> None:
+        self.fold_a, self.fold_b, self.fold_rows = fold_a, fold_b, rows
+        self.fold_bias = None
+        if mask is not None and not bool(mask.all()):
+            self.fold_bias = torch.zeros(mask.shape, device=mask.device, dtype=fold_a.dtype).masked_fill(
+                ~mask, float("-inf"))
 
     def snapshot(self) -> "LMStateSnapshot":
         """Copy of the filled part of the cache plus the conditioning; cheap when few positions are used."""
         p = self.pos
         return LMStateSnapshot(self.k[:, :, :, :p].clone(), self.v[:, :, :, :p].clone(), self.cross_k.clone(),
-                               self.cross_v.clone(), self.cross_mask.clone(), p, self.cross_len, self.cross_full)
+                               self.cross_v.clone(), self.cross_mask.clone(), p, self.cross_len, self.cross_full,
+                               (self.fold_a, self.fold_b, self.fold_bias, self.fold_rows))
 
     def restore(self, snap: "LMStateSnapshot") -> None:
         """Copy a snapshot back into these very tensors (addresses unchanged)."""
@@ -98,6 +114,8 @@ class LMState:
         self.cross_v.copy_(snap.cross_v)
         self.cross_mask.copy_(snap.cross_mask)
         self.pos, self.cross_len, self.cross_full = p, snap.cross_len, snap.cross_full
+        # Folded tensors are never written after creation, so the snapshot shares them instead of copying.
+        self.fold_a, self.fold_b, self.fold_bias, self.fold_rows = snap.fold
         self.pos_t.fill_(p)
 
 
@@ -111,3 +129,4 @@ class LMStateSnapshot:
     pos: int
     cross_len: int
     cross_full: bool
+    fold: tuple

@@ -165,7 +165,7 @@ class LMStream:
 
     def _condition(self, state: LMState) -> None:
         k, v, mask = stack_rows(self.conditions, self.conditioner.null())
-        state.set_condition(k, v, mask)
+        self.lm.attach_condition(state, k, v, mask, self.B)
 
     # -- stepping -------------------------------------------------------------------------------------------------
     @property

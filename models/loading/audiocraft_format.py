@@ -18,7 +18,7 @@ from segue.models.errors import ModelFileError
 from segue.models.lm.conditioning import TextEncoder
 from segue.models.lm.model import MusicGenLM
 from segue.models.loading.codec_keys import codec_config_from_audiocraft, load_codec_from_audiocraft
-from segue.models.loading.lm_keys import lm_config_from_audiocraft, load_lm_from_audiocraft
+from segue.models.loading.lm_keys import lm_config_from_audiocraft, lm_from_audiocraft
 from segue.models.loading.weights import read_torch_package
 
 _REF = re.compile(r"^\$\{([\w.]+)\}$")
@@ -113,7 +113,6 @@ def load_audiocraft(folder: Path, dtype: torch.dtype, fetch) -> tuple[Encodec, M
         raise ModelFileError(f"{path}: only T5 text-conditioned LMs are supported ({exc})") from exc
     text = load_text_encoder(t5_name, fetch)
     text_dim = text.encoder.config.d_model
-    lm = MusicGenLM(lm_config_from_audiocraft(cfg, codec.cfg.frame_rate, text_dim))
-    load_lm_from_audiocraft(lm, state, str(path))
+    lm = lm_from_audiocraft(lm_config_from_audiocraft(cfg, codec.cfg.frame_rate, text_dim), state, str(path), dtype)
     kind = "audiogen" if str(cfg.get("solver", "")).startswith("audiogen") else "musicgen"
-    return codec, lm.to(dtype).eval(), text, kind
+    return codec, lm.eval(), text, kind

@@ -87,8 +87,9 @@ def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LM
         raise ModelFileError(f"the audiocraft LM config is not one segue understands ({exc})") from exc
 
 
-def _finish(lm: MusicGenLM, out: dict[str, torch.Tensor], source: str) -> None:
-    ref = lm.state_dict()
+def _finish(cfg: LMConfig, out: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> MusicGenLM:
+    with torch.device("meta"):
+        ref = MusicGenLM(cfg).state_dict()  # names and shapes, no memory
     missing = sorted(set(ref) - set(out))
     unexpected = sorted(set(out) - set(ref))
     if missing or unexpected:
@@ -98,7 +99,7 @@ def _finish(lm: MusicGenLM, out: dict[str, torch.Tensor], source: str) -> None:
         if value.shape != ref[key].shape:
             raise ModelFileError(f"{source}: {key} has shape {list(value.shape)}, config implies "
                                  f"{list(ref[key].shape)}; the checkpoint is corrupt")
-    lm.load_state_dict({k: v.to(ref[k].dtype) for k, v in out.items()})
+    return MusicGenLM.from_state(cfg, {k: v.to(dtype) for k, v in out.items()})
 
 
 def _stack(sd: dict, pattern: str, n: int, source: str) -> torch.Tensor:
@@ -113,9 +114,9 @@ def _stack(sd: dict, pattern: str, n: int, source: str) -> torch.Tensor:
     return torch.stack(parts)
 
 
-def load_lm_from_transformers(lm: MusicGenLM, raw: dict[str, torch.Tensor], source: str) -> None:
-    """`decoder.*` + `enc_to_dec_proj.*` keys of a `MusicgenForConditionalGeneration` into `lm`, in place."""
-    cfg = lm.cfg
+def lm_from_transformers(cfg: LMConfig, raw: dict[str, torch.Tensor], source: str,
+                         dtype: torch.dtype = torch.float32) -> MusicGenLM:
+    """The LM from the `decoder.*` + `enc_to_dec_proj.*` keys of a `MusicgenForConditionalGeneration`."""
     sd = dict(raw)
     out = {
         "emb": _stack(sd, "decoder.model.decoder.embed_tokens.{}.weight", cfg.n_q, source),
@@ -145,16 +146,16 @@ def load_lm_from_transformers(lm: MusicGenLM, raw: dict[str, torch.Tensor], sour
     leftover = [k for k in sd if not k.startswith(f"{prefix}embed_positions")]
     if leftover:
         raise ModelFileError(f"{source}: unexpected LM weights {leftover[:3]}; this MusicGen variant is not supported")
-    _finish(lm, out, source)
+    return _finish(cfg, out, source, dtype)
 
 
 _AC_NAMES = {"self_attn.out_proj": "wo", "cross_attention.out_proj": "co", "norm1": "norm1",
              "norm_cross": "norm_cross", "norm2": "norm2", "linear1": "fc1", "linear2": "fc2"}
 
 
-def load_lm_from_audiocraft(lm: MusicGenLM, raw: dict[str, torch.Tensor], source: str) -> None:
-    """An audiocraft LM `best_state` (`transformer.layers.N.self_attn.in_proj_weight`, ...) into `lm`, in place."""
-    cfg = lm.cfg
+def lm_from_audiocraft(cfg: LMConfig, raw: dict[str, torch.Tensor], source: str,
+                       dtype: torch.dtype = torch.float32) -> MusicGenLM:
+    """The LM from an audiocraft `best_state` (`transformer.layers.N.self_attn.in_proj_weight`, ...)."""
     sd = dict(raw)
     d = cfg.dim
     out = {
@@ -184,4 +185,4 @@ def load_lm_from_audiocraft(lm: MusicGenLM, raw: dict[str, torch.Tensor], source
     leftover = [k for k in sd if not k.startswith("condition_provider.")]
     if leftover:
         raise ModelFileError(f"{source}: unexpected LM weights {leftover[:3]}; this audiocraft LM is not supported")
-    _finish(lm, out, source)
+    return _finish(cfg, out, source, dtype)

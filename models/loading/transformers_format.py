@@ -12,7 +12,7 @@ from segue.models.errors import ModelFileError
 from segue.models.lm.conditioning import TextEncoder
 from segue.models.lm.model import MusicGenLM
 from segue.models.loading.codec_keys import codec_config_from_transformers, load_codec_from_transformers
-from segue.models.loading.lm_keys import lm_config_from_transformers, load_lm_from_transformers
+from segue.models.loading.lm_keys import lm_config_from_transformers, lm_from_transformers
 from segue.models.loading.weights import read_state_dict
 
 
@@ -89,15 +89,18 @@ def load_tokenizer(folder: Path):
 
 def load_musicgen(folder: Path, cfg: dict, dtype: torch.dtype) -> tuple[Encodec, MusicGenLM, TextEncoder]:
     """Codec, LM and text encoder of a `MusicgenForConditionalGeneration` folder."""
-    sd = read_state_dict(folder)
+    def lm_dtype(key: str, t: torch.Tensor) -> torch.Tensor:
+        lm_key = key.startswith(("decoder.", "enc_to_dec_proj."))
+        return t.to(dtype) if lm_key and t.is_floating_point() else t
+
+    sd = read_state_dict(folder, convert=lm_dtype)
     codec = Encodec(codec_config_from_transformers(cfg.get("audio_encoder") or {}))
     load_codec_from_transformers(codec, _take(sd, "audio_encoder."), str(folder))
-    lm = MusicGenLM(lm_config_from_transformers(cfg, codec.cfg.frame_rate))
     lm_sd = _take(sd, "decoder.", keep_prefix=True)
     lm_sd.update(_take(sd, "enc_to_dec_proj.", keep_prefix=True))
-    load_lm_from_transformers(lm, lm_sd, str(folder))
+    lm = lm_from_transformers(lm_config_from_transformers(cfg, codec.cfg.frame_rate), lm_sd, str(folder), dtype)
     text = _load_t5(folder, cfg, _take(sd, "text_encoder."))
-    return codec.eval(), lm.to(dtype).eval(), text
+    return codec.eval(), lm.eval(), text
 
 
 def _take(sd: dict[str, torch.Tensor], prefix: str, keep_prefix: bool = False) -> dict[str, torch.Tensor]:

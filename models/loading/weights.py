@@ -7,6 +7,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -21,7 +22,14 @@ def _load_torch_file(path: Path) -> dict:
                              "delete it and download the model again") from exc
 
 
-def _read_safetensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+Convert = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def _keep(key: str, value: torch.Tensor) -> torch.Tensor:
+    return value
+
+
+def _read_safetensors(path: Path, prefix: str, convert: Convert) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
     out = {}
@@ -29,7 +37,7 @@ def _read_safetensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 if key.startswith(prefix):
-                    out[key[len(prefix):]] = f.get_tensor(key)
+                    out[key[len(prefix):]] = convert(key, f.get_tensor(key))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a readable safetensors file ({exc}); delete it and download the model "
                              "again") from exc
@@ -57,15 +65,20 @@ def weight_files(folder: Path) -> list[Path]:
                          "download the model again")
 
 
-def read_state_dict(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """All tensors whose key starts with `prefix` (prefix stripped), from safetensors or .bin, sharded or not."""
+def read_state_dict(folder: Path, prefix: str = "", convert: Convert = _keep) -> dict[str, torch.Tensor]:
+    """All tensors whose key starts with `prefix` (prefix stripped), from safetensors or .bin, sharded or not.
+
+    `convert(key, tensor)` is applied as each tensor is read (a dtype cast, say), so a float32 checkpoint loaded
+    in bfloat16 never sits in memory twice.
+    """
     out: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
         if path.suffix == ".safetensors":
-            out.update(_read_safetensors(path, prefix))
+            out.update(_read_safetensors(path, prefix, convert))
         else:
             sd = _load_torch_file(path)
-            out.update({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+            for k in [k for k in sd if k.startswith(prefix)]:
+                out[k[len(prefix):]] = convert(k, sd.pop(k))
     return out
 
 

@@ -29,11 +29,16 @@ def test_logits_match_transformers(tiny, tiny_segue):
         ref = hf(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
                  decoder_input_ids=ids.reshape(4, 12)).logits.reshape(1, 4, 12, -1)
     cond = tiny_segue.conditioner(text)
-    state = LMState.allocate(tiny_segue.lm.cfg, 1, 64, 64, torch.device("cpu"), torch.float32)
-    state.set_condition(cond.cross_k, cond.cross_v, cond.mask)
-    ours = tiny_segue.lm(ids, state, last_only=False)
-    rel = (ours - ref).abs().max() / ref.abs().max()
-    assert rel <= 1e-4
+    for folded in (False, True):  # cross-attention as published, and with Wq / Wo folded into the memory
+        state = LMState.allocate(tiny_segue.lm.cfg, 1, 64, 64, torch.device("cpu"), torch.float32)
+        if folded:
+            tiny_segue.lm.attach_condition(state, cond.cross_k, cond.cross_v, cond.mask, 1, fold=True)
+            assert state.fold_rows == 1
+        else:
+            state.set_condition(cond.cross_k, cond.cross_v, cond.mask)
+        ours = tiny_segue.lm(ids, state, last_only=False)
+        rel = (ours - ref).abs().max() / ref.abs().max()
+        assert rel <= 1e-4
 
 
 def test_greedy_text_only_matches_transformers(tiny, tiny_segue):

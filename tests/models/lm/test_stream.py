@@ -20,12 +20,15 @@ def short_model():
                     ModelInfo("short", None, "demo", "musicgen"))
 
 
-def conditioned_state(model, text="pads", rows=1, context=None, max_text=16):
+def conditioned_state(model, text="pads", rows=1, context=None, max_text=16, folded=False):
     cfg = model.lm.cfg
     state = LMState.allocate(cfg, rows, context or cfg.context, max_text, torch.device("cpu"), torch.float32)
     c = model.conditioner(text)
-    state.set_condition(c.cross_k.expand(-1, rows, -1, -1, -1), c.cross_v.expand(-1, rows, -1, -1, -1),
-                        c.mask.expand(rows, -1))
+    k, v, mask = c.cross_k.expand(-1, rows, -1, -1, -1), c.cross_v.expand(-1, rows, -1, -1, -1), c.mask.expand(rows, -1)
+    if folded:
+        model.lm.attach_condition(state, k, v, mask, rows, fold=True)
+    else:
+        state.set_condition(k, v, mask)
     return state
 
 
@@ -41,11 +44,13 @@ def test_step_by_step_equals_prefill(short_model):
     torch.testing.assert_close(torch.cat(chunks, 2), full, atol=1e-5, rtol=1e-5)
 
 
-def test_static_step_equals_eager_step(short_model):
+@pytest.mark.parametrize("folded", [False, True], ids=["published-cross-attention", "folded-cross-attention"])
+def test_static_step_equals_eager_step(short_model, folded):
     """The fixed-shape step a CUDA graph captures computes what the eager step computes (checked on CPU)."""
     lm = short_model.lm
     ids = torch.randint(0, 2049, (2, 4, 12))
-    eager, static = conditioned_state(short_model, rows=2), conditioned_state(short_model, rows=2)
+    eager = conditioned_state(short_model, rows=2, folded=folded)
+    static = conditioned_state(short_model, rows=2)
     lm(ids[..., :5], eager)
     lm(ids[..., :5], static)
     for t in range(5, 12):
@@ -182,3 +187,21 @@ def test_bad_requests_are_refused(short_model):
         s.step()
     with pytest.raises(ValueError, match="not ready"):
         s.read_frames(0, 10)
+
+
+def test_folded_cross_attention_with_padded_prompts_and_without_text(short_model):
+    """Folding Wq/Wo into the memory gives the published cross-attention's logits, padding masks included; with no
+    text at all the cross-attention is skipped and contributes exactly what zero memory does."""
+    from segue.models.lm.conditioning import stack_rows
+
+    lm, cond = short_model.lm, short_model.conditioner
+    ids = torch.randint(0, 2049, (4, 4, 6))
+    for texts in (["kick", "a slow ambient pad"], [None, None]):
+        k, v, mask = stack_rows([cond(t) for t in texts], cond.null())
+        ref = LMState.allocate(lm.cfg, 4, 32, 32, torch.device("cpu"), torch.float32)
+        ref.set_condition(k, v, mask)
+        folded = LMState.allocate(lm.cfg, 4, 32, 32, torch.device("cpu"), torch.float32)
+        lm.attach_condition(folded, k, v, mask, 2, fold=True)
+        assert folded.fold_rows == (2 if texts[0] else 0)
+        torch.testing.assert_close(lm(ids, folded, last_only=False), lm(ids, ref, last_only=False),
+                                   atol=1e-5, rtol=1e-5)
