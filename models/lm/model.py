@@ -146,8 +146,11 @@ class MusicGenLM(nn.Module):
         return flat[idx].sum(1)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.out_norm(x)
-        return torch.einsum("rtd,kcd->rktc", x, self.heads).float()  # [R, K, T, card]
+        R, T, _ = x.shape
+        K, V = self.cfg.n_q, self.cfg.card
+        # One GEMM over the K heads stacked as [K * card, dim] (a view, never copied).
+        logits = F.linear(self.out_norm(x), self.heads.view(K * V, -1))  # [R, T, K * card]
+        return logits.view(R, T, K, V).transpose(1, 2).float()  # [R, K, T, card]
 
     def forward(self, tokens: torch.Tensor, state: LMState, last_only: bool = True) -> torch.Tensor:
         """Feed `tokens [R, K, T]` at positions state.pos .. state.pos + T - 1 (eager: prefill or one step).
@@ -193,11 +196,15 @@ class MusicGenLM(nn.Module):
         n = state.fold_rows
         if n == 0:
             return x
-        scores = torch.einsum("btd,bhsd->bhts", h[:n], state.fold_a[i])  # [B, H, T, S]
+        fa, fb = state.fold_a[i], state.fold_b[i]  # [B, H, S, d] each
+        B, H, S, d = fa.shape
+        T = h.shape[1]
+        # Plain batched GEMMs over [B, H*S, d] views: einsum would copy the folded tensors at every step.
+        scores = torch.matmul(h[:n], fa.view(B, H * S, d).transpose(1, 2)).view(B, T, H, S)  # [B, T, H, S]
         if state.fold_bias is not None:
-            scores = scores + state.fold_bias
-        out = torch.einsum("bhts,bhsd->btd", torch.softmax(scores, dim=-1), state.fold_b[i])  # [B, T, d]
-        x[:n] += out  # the null rows' cross-attention is exactly zero: they keep x as is
+            scores = scores + state.fold_bias.view(B, 1, 1, S)
+        p = torch.softmax(scores, dim=-1).view(B, T, H * S)
+        x[:n] += torch.matmul(p, fb.view(B, H * S, d))  # [B, T, d]; null rows: exactly zero, left as they are
         return x
 
     def step_static(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""Run the benchmarks and write BENCHMARKS.md (machine, date, commit, and ratios measured in the same run).
+
+    .venv/bin/python bench/run.py            # everything this machine can hold
+    .venv/bin/python bench/run.py --quick    # shorter takes, small shape only
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import codec_speed  # noqa: E402
+import lm_speed  # noqa: E402
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024**2:.0f} GiB"
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True)
+    import transformers
+
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else ""),
+        "cpu": f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, {mem} RAM",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def free_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable"):
+            return int(line.split()[1]) / 1024**2
+    return 0.0
+
+
+def lm_rows(shape, device, dtype, plan, with_transformers=True):
+    rows = []
+    for secs, trials in plan:
+        for _, mine, theirs in lm_speed.compare(shape, device, dtype, [secs], trials, with_transformers):
+            ratios = [m.steps_per_s / t.steps_per_s for m, t in zip(mine, theirs)] if theirs else []
+            rows.append(dict(shape=shape, device=device.type, dtype=str(dtype).replace("torch.", ""), seconds=secs,
+                             trials=trials, segue=statistics.median(m.ms_per_step for m in mine),
+                             segue_rtf=statistics.median(m.rtf for m in mine),
+                             hf=statistics.median(t.ms_per_step for t in theirs) if theirs else None,
+                             ratio=statistics.median(ratios) if ratios else None,
+                             ratios=ratios))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small shape, short takes")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    args = ap.parse_args()
+    info = machine()
+    print(info, flush=True)
+    cpu = torch.device("cpu")
+    codec_cpu = codec_speed.measure(cpu, 4.0 if args.quick else 10.0)
+    print(codec_cpu, flush=True)
+    rows, skipped = [], []
+    rows += lm_rows("small", cpu, torch.float32, [(4, 1)] if args.quick else [(10, 3), (30, 1)])
+    rows += lm_rows("small", cpu, torch.bfloat16, [(2, 1)])
+    if args.quick:
+        skipped.append("medium and large shapes: --quick run")
+    else:
+        if free_gib() > 18:
+            rows += lm_rows("medium", cpu, torch.float32, [(2, 1)])
+        else:
+            skipped.append(f"medium on CPU: needs ~16 GiB for two float32 copies, {free_gib():.0f} GiB free")
+        if free_gib() > 20:  # two float32 copies would need 26 GiB: segue alone
+            rows += lm_rows("large", cpu, torch.float32, [(1, 1)], with_transformers=False)
+            skipped.append("large vs transformers on CPU: two float32 copies need ~26 GiB; segue measured alone")
+        else:
+            skipped.append(f"large on CPU: needs ~14 GiB, {free_gib():.0f} GiB free")
+    codec_gpu = None
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        codec_gpu = codec_speed.measure(gpu)
+        for shape in ("small", "medium", "large"):
+            rows += lm_rows(shape, gpu, torch.bfloat16, [(10, 3), (30, 1)])
+        rows += lm_rows("small", gpu, torch.float32, [(10, 2)])
+    else:
+        skipped.append("everything on CUDA (bf16 steps, CUDA-graph step time, the 1.5 ms/step target): this "
+                       "machine has no GPU, and none was lent to the issue that added the benchmark")
+    Path(args.out).write_text(render(info, codec_cpu, codec_gpu, rows, skipped))
+    print(f"wrote {args.out}")
+
+
+def render(info, codec_cpu, codec_gpu, rows, skipped) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
+             "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
+             "runs.", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    lines += ["", "## LM decode: segue vs transformers `generate`", "",
+              "Random weights with the real MusicGen decoder shapes (small 1024/16/24, medium 1536/24/48, large "
+              "2048/32/48), CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 gives 12 for 'dub techno, deep chords, 120 bpm'). A step is one "
+              "column of 4 tokens; real time needs 50 steps/s (RTF >= 1). Medians over the trials.", "",
+              "| shape | device | dtype | take | trials | segue ms/step | segue RTF | transformers ms/step | "
+              "segue / transformers steps/s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hf = f"{r['hf']:.1f}" if r["hf"] is not None else "not run"
+        ratio = (f"**{r['ratio']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
+                 if r["ratio"] is not None else "n/a")
+        lines.append(f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | {r['trials']} | "
+                     f"{r['segue']:.1f} | {r['segue_rtf']:.3f} | {hf} | {ratio} |")
+    target = [r for r in rows if r["shape"] == "small" and r["device"] == "cpu" and r["dtype"] == "float32"
+              and r["ratio"] is not None]
+    if target:
+        worst = min(r["ratio"] for r in target)
+        lines += ["", f"Target (2-core CPU, small, float32: segue >= 1.5x transformers' steps/s): "
+                      f"{'met' if worst >= 1.5 else 'NOT met'} (lowest median ratio {worst:.2f}x)."]
+    lines += ["", "## Streaming EnCodec (32 kHz, real shape, random weights)", "",
+              "Real-time factor = audio seconds per wall second, PCM copied to the host on every push.", "",
+              "| measurement | CPU |" + (" GPU |" if codec_gpu else ""),
+              "|---|---|" + ("---|" if codec_gpu else "")]
+    for k, v in codec_cpu.items():
+        lines.append(f"| {k} | {v:.2f} |" + (f" {codec_gpu[k]:.2f} |" if codec_gpu else ""))
+    lines += ["", "## Not measured", ""] + [f"- {s}" for s in skipped]
+    lines += ["", "## Reading the numbers", "",
+              "- On CPU a float32 step is bound by reading the weights (~1.4 GB for small; this machine reads "
+              "~30 GB/s), so segue's gain comes from doing nothing else: a preallocated KV cache instead of "
+              "`torch.cat` growth (transformers copies the whole cache every step, so its step time grows with "
+              "the take), cross-attention folded into the prompt (the null CFG rows skip it), device-side "
+              "sampling, no per-step mask or position rebuilding.",
+              "- Cross-attention folding reads fewer bytes only for prompts shorter than head_dim (64) tokens; "
+              "longer prompts use the published form and lose that part of the gain."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
