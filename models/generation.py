@@ -6,6 +6,7 @@ decoding prompt + continuation in one pass) and starts exactly where the prompt 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -40,6 +41,15 @@ def frames_for(model: MusicGen, seconds: float) -> int:
     if frames < 1:
         raise RequestError(f"duration {seconds:g} s is shorter than one frame ({1 / model.frame_rate:g} s)")
     return frames
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    stream: object
+    decoders: list
+    read: int
+    skip: int
+    n_codes: int
 
 
 class Take:
@@ -107,6 +117,23 @@ class Take:
                     yield pcm
                 if s.done:
                     return
+
+    def snapshot(self) -> TakeSnapshot:
+        """The whole take's state (LM stream and codec decoders); taken right after creation it holds just the
+        prefilled prompt, which is what an instant retry needs."""
+        return TakeSnapshot(self.stream.snapshot(), [d.snapshot() for d in self.decoders], self.read, self.skip,
+                            len(self.codes))
+
+    def restore(self, snap: TakeSnapshot, seed: int | None = None) -> None:
+        """Go back to `snap` (in place); with `seed`, the retry draws a different take from the same prompt state.
+        Iterate the take again to hear it."""
+        self.stream.restore(snap.stream)
+        for dec, saved in zip(self.decoders, snap.decoders):
+            dec.restore(saved)
+        self.read, self.skip = snap.read, snap.skip
+        del self.codes[snap.n_codes :]
+        if seed is not None:
+            self.stream.reseed(seed)
 
     def new_codes(self) -> np.ndarray:
         """The generated frames [K, frames] (delay pattern removed), after iteration."""

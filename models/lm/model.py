@@ -156,13 +156,16 @@ class MusicGenLM(nn.Module):
         """Feed `tokens [R, K, T]` at positions state.pos .. state.pos + T - 1 (eager: prefill or one step).
 
         Writes their keys/values into the cache, advances `state.pos`, returns logits [R, K, T or 1, card].
+        The residual stream is kept 2-D ([R*T, dim]) so that every projection that feeds it is one fused
+        `addmm` (GEMM + residual add): at a step the GEMMs are bound by reading the weights, and on CPU the
+        rest is per-op overhead worth removing.
         """
         R, K, T = tokens.shape
         start, end = state.pos, state.pos + T
         if end > state.capacity:
             raise RuntimeError(f"KV cache full: {end} positions > {state.capacity}; re-prompt before this point")
-        H, d = self.cfg.num_heads, self.cfg.dim
-        x = self.embed(tokens) + self.positions[start:end].to(self.dtype)  # [R, T, d]
+        H, D, d, eps = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim, self.cfg.norm_eps
+        x = (self.embed(tokens) + self.positions[start:end].to(self.dtype)).view(R * T, d)  # [R*T, d]
         if T == 1:
             mask, causal = None, False
         elif start == 0:
@@ -170,42 +173,50 @@ class MusicGenLM(nn.Module):
         else:  # a chunk of prompt after earlier positions: query i sees keys 0 .. start + i
             q_pos = torch.arange(start, end, device=tokens.device)
             mask, causal = torch.arange(end, device=tokens.device)[None, :] <= q_pos[:, None], False
-        S = state.cross_len
-        cross_mask = None if state.cross_full else state.cross_mask[..., :S]
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.wqkv(layer.norm1(x)).split(d, dim=-1)
-            q, k, v = _split_heads(q, H), _split_heads(k, H), _split_heads(v, H)  # [R, H, T, D]
+            h = F.layer_norm(x, (d,), layer.norm1.weight, layer.norm1.bias, eps)
+            q, k, v = F.linear(h, layer.wqkv.weight).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
             state.k[i, :, :, start:end] = k
             state.v[i, :, :, start:end] = v
             a = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
-                                               attn_mask=mask, is_causal=causal)
-            x = x + layer.wo(_merge_heads(a))
+                                               attn_mask=mask, is_causal=causal)  # [R, H, T, D]
+            x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), layer.wo.weight.t())
+            h = F.layer_norm(x, (d,), layer.norm_cross.weight, layer.norm_cross.bias, eps)
             if state.fold_rows is not None:
-                x = self._folded_cross(layer.norm_cross(x), x, i, state)
+                self._folded_cross(h, x, i, state, T)
             else:
-                q = _split_heads(layer.cq(layer.norm_cross(x)), H)
-                a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S],
-                                                   attn_mask=cross_mask)
-                x = x + layer.co(_merge_heads(a))
-            x = x + layer.fc2(F.gelu(layer.fc1(layer.norm2(x))))
+                x = self._cross(h, x, i, layer, state, R, T)
+            h = F.layer_norm(x, (d,), layer.norm2.weight, layer.norm2.bias, eps)
+            x = torch.addmm(x, F.gelu(F.linear(h, layer.fc1.weight)), layer.fc2.weight.t())
         state.advance(T)
+        x = x.view(R, T, d)
         return self._logits(x[:, -1:] if last_only else x)
 
+    def _cross(self, h: torch.Tensor, x: torch.Tensor, i: int, layer: Layer, state: LMState, R: int,
+               T: int) -> torch.Tensor:
+        """Cross-attention as published: query projection, attention over the cached text keys/values."""
+        H, D, d = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim
+        S = state.cross_len
+        q = F.linear(h, layer.cq.weight).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
+        mask = None if state.cross_full else state.cross_mask[..., :S]
+        a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S], attn_mask=mask)
+        return torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), layer.co.weight.t())
+
     @staticmethod
-    def _folded_cross(h: torch.Tensor, x: torch.Tensor, i: int, state: LMState) -> torch.Tensor:
+    def _folded_cross(h: torch.Tensor, x: torch.Tensor, i: int, state: LMState, T: int) -> None:
+        """Cross-attention through the folded memory (see `fold_cross`), added into the conditional rows of x."""
         n = state.fold_rows
         if n == 0:
-            return x
-        fa, fb = state.fold_a[i], state.fold_b[i]  # [B, H, S, d] each
-        B, H, S, d = fa.shape
-        T = h.shape[1]
-        # Plain batched GEMMs over [B, H*S, d] views: einsum would copy the folded tensors at every step.
-        scores = torch.matmul(h[:n], fa.view(B, H * S, d).transpose(1, 2)).view(B, T, H, S)  # [B, T, H, S]
+            return
+        fa, fb = state.fold_a[i], state.fold_b[i]  # [n, H, S, d] each
+        _, H, S, d = fa.shape
+        # Batched GEMMs over [n, H*S, d] views: nothing is copied (einsum would copy the folded tensors every step).
+        scores = torch.bmm(h[: n * T].view(n, T, d), fa.view(n, H * S, d).transpose(1, 2)).view(n, T, H, S)
         if state.fold_bias is not None:
-            scores = scores + state.fold_bias.view(B, 1, 1, S)
-        p = torch.softmax(scores, dim=-1).view(B, T, H * S)
-        x[:n] += torch.matmul(p, fb.view(B, H * S, d))  # [B, T, d]; null rows: exactly zero, left as they are
-        return x
+            scores = scores + state.fold_bias.view(n, 1, 1, S)
+        p = torch.softmax(scores, dim=-1).view(n, T, H * S)
+        # The null rows' cross-attention is exactly zero: they are left as they are.
+        x[: n * T].view(n, T, d).baddbmm_(p, fb.view(n, H * S, d))
 
     def step_static(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
         """One position with every shape fixed (for CUDA-graph capture): tokens [R, K, 1] -> logits [R, K, card].

@@ -49,3 +49,17 @@ def test_durations_out_of_range(tiny_segue, seconds, message):
 def test_text_prompt_too_long(tiny_segue):
     with pytest.raises(RequestError, match="256"):
         Take(tiny_segue, "x" * 400, None, 5)
+
+
+def test_take_snapshot_replays_and_retries_without_reencoding(tiny_segue):
+    model = tiny_segue
+    prompt = model.encode(torch.randn(1, 1, 640 * 8) * 0.2)
+    take = Take(model, "bass", prompt, 20, SamplingParams(seed=5), chunk_frames=6)
+    snap = take.snapshot()  # the prefilled prompt: what instant retry restarts from
+    first = collect(take)
+    take.restore(snap)
+    assert np.array_equal(collect(take), first)  # same seed: the same take, sample for sample
+    take.restore(snap, seed=6)
+    retry = collect(take)
+    assert retry.shape == first.shape and not np.array_equal(retry, first)
+    assert take.new_codes().shape == (4, 20)
