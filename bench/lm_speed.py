@@ -104,36 +104,81 @@ def run_transformers(model, tok, frames: int, prompt: str, device: torch.device)
     return frames + 3, time.perf_counter() - t
 
 
+def weight_floor_ms(lm, reps: int = 5) -> float:
+    """Time of the bare weight GEMMs one step needs (2 CFG rows): what reading the weights costs on this machine.
+
+    It is the floor no implementation beats at this precision; the gap above it is per-step overhead.
+    """
+    import torch.nn.functional as F
+
+    d = lm.cfg.dim
+    x = torch.randn(2, d, device=lm.device, dtype=lm.dtype)
+    h = torch.randn(2, lm.cfg.ffn_dim, device=lm.device, dtype=lm.dtype)
+
+    def chain() -> None:
+        for layer in lm.layers:
+            F.linear(x, layer.wqkv.weight), F.linear(x, layer.wo.weight), F.linear(x, layer.fc1.weight)
+            F.linear(h, layer.fc2.weight)
+        F.linear(x, lm.heads.view(-1, d))
+
+    chain()
+    best = float("inf")
+    for _ in range(reps):
+        _sync(lm.device)
+        t = time.perf_counter()
+        chain()
+        _sync(lm.device)
+        best = min(best, time.perf_counter() - t)
+    return best * 1000
+
+
+def random_model(shape: str, device: torch.device, dtype: torch.dtype):
+    """segue alone at a real shape, random weights built in memory (for shapes too big to hold twice)."""
+    from segue.models.lm.config import LMConfig
+    from segue.models.loading.demo import DEMO_CODEC, random_codec, random_lm, random_text_encoder
+    from segue.models.musicgen import ModelInfo, MusicGen
+
+    dim, heads, layers = SHAPES[shape]
+    lm = random_lm(LMConfig(dim=dim, num_heads=heads, num_layers=layers, ffn_dim=4 * dim, text_dim=768), 0)
+    text = random_text_encoder(dict(d_model=768, d_kv=64, d_ff=256, num_layers=1, num_heads=2), 0)
+    return MusicGen(random_codec(DEMO_CODEC, 0), lm.to(device=device, dtype=dtype), text.to(device),
+                    ModelInfo(shape, None, "demo", "musicgen"))
+
+
+def segue_alone(shape: str, device: torch.device, dtype: torch.dtype, seconds: float) -> tuple[Result, float]:
+    model = random_model(shape, device, dtype)
+    run_segue(model, 10, PROMPT)
+    frames = int(seconds * FRAME_RATE)
+    steps, t = run_segue(model, frames, PROMPT)
+    floor = weight_floor_ms(model.lm)
+    del model
+    gc.collect()
+    return Result("segue", device.type, str(dtype).replace("torch.", ""), frames, steps, t), floor
+
+
 def compare(shape: str, device: torch.device, dtype: torch.dtype, seconds: list[float], trials: int = 2,
-            with_transformers: bool = True, prompt: str = PROMPT) -> list[tuple]:
-    """[(seconds, [segue Result per trial], [transformers Result per trial])]."""
+            prompt: str = PROMPT) -> tuple[list[tuple], float]:
+    """([(seconds, [segue Result per trial], [transformers Result per trial])], weight floor ms/step)."""
     from segue.models.loading.builder import load_model
 
     out = []
     with tempfile.TemporaryDirectory(prefix=f"segue-bench-{shape}-") as folder:
         ref, tok = build_reference(shape, folder)
-        if not with_transformers:
-            del ref
-            gc.collect()
-        else:
-            ref = ref.to(device=device, dtype=dtype)
+        ref = ref.to(device=device, dtype=dtype)
         ours = load_model(folder, device, dtype)
         dname = str(dtype).replace("torch.", "")
         run_segue(ours, 10, prompt)  # warm-up (allocator, kernels, graph capture)
-        if with_transformers:
-            run_transformers(ref, tok, 10, prompt, device)
+        run_transformers(ref, tok, 10, prompt, device)
         for secs in seconds:
             frames = int(secs * FRAME_RATE)
             mine, theirs = [], []
             for _ in range(trials):
                 steps, t = run_segue(ours, frames, prompt)
                 mine.append(Result("segue", device.type, dname, frames, steps, t))
-                if with_transformers:
-                    steps, t = run_transformers(ref, tok, frames, prompt, device)
-                    theirs.append(Result("transformers", device.type, dname, frames, steps, t))
+                steps, t = run_transformers(ref, tok, frames, prompt, device)
+                theirs.append(Result("transformers", device.type, dname, frames, steps, t))
             out.append((secs, mine, theirs))
-        del ours
-        if with_transformers:
-            del ref
+        floor = weight_floor_ms(ours.lm)
+        del ours, ref
         gc.collect()
-    return out
+    return out, floor

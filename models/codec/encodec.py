@@ -235,13 +235,17 @@ class DecoderStream:
         self.counters = _Counters()
 
     @torch.no_grad()
-    def push(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, k, t] -> audio [B, C, n] newly determined (n may be 0 while the look-ahead fills)."""
+    def push(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """codes [B, k, t] -> audio [B, C, n] newly determined (n may be 0 while the look-ahead fills).
+
+        `check=False` skips the range check (a host sync) for codes that come straight from the LM.
+        """
         if self.counters.flushed:
             raise RuntimeError("this decoder stream was flushed; start a new one")
         if codes.shape[-1] == 0:
             return self._empty()
-        self.codec._check_codes(codes)
+        if check:
+            self.codec._check_codes(codes)
         self.counters.n_in += codes.shape[-1]
         y = self.codec.decoder.step(self.codec.quantizer.decode(codes.long()), self.state)
         self.counters.n_out += y.shape[-1]

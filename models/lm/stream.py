@@ -57,6 +57,7 @@ class StreamSnapshot:
     n_prompt: int
     total: int | None
     sampling: SamplingParams
+    conditions: tuple  # the prompts' conditions (immutable, shared): a later re-prompt needs them
 
 
 class LMStream:
@@ -97,6 +98,7 @@ class LMStream:
         self.temperature_t = torch.zeros((), device=dev)
         self.top_p_t = torch.zeros((), device=dev)
         self.cfg_t = torch.zeros((), device=dev)
+        self.seed: int | None = None
         self.set_sampling(sampling)
         self.active = self.states[0]
         self.catchup: _Catchup | None = None
@@ -110,12 +112,11 @@ class LMStream:
     def set_sampling(self, sampling: SamplingParams) -> None:
         """Change sampling between steps. Temperature, top-p and CFG are device scalars (no recapture); a new
         top-k or mode selects another captured graph. The RNG is reseeded only when a different seed is given."""
-        first = not hasattr(self, "sampling")
         self.sampling = sampling
         self.temperature_t.fill_(max(sampling.temperature, 1e-6))
         self.top_p_t.fill_(sampling.top_p)
         self.cfg_t.fill_(sampling.cfg_coef)
-        if first or (sampling.seed is not None and sampling.seed != self.seed):
+        if self.seed is None or (sampling.seed is not None and sampling.seed != self.seed):
             self.reseed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little"))
 
     def reseed(self, seed: int) -> None:
@@ -287,7 +288,7 @@ class LMStream:
             raise RuntimeError("cannot snapshot while re-prompting; snapshot right after start()")
         return StreamSnapshot(self.active.snapshot(), self.col.clone(), self.ring.clone(),
                               self.generator.get_state(), self.column, self.base, self.n_prompt, self.total,
-                              self.sampling)
+                              self.sampling, tuple(self.conditions))
 
     def restore(self, snap: StreamSnapshot) -> None:
         """Resume from a snapshot, in place (graph buffers keep their addresses)."""
@@ -298,6 +299,7 @@ class LMStream:
         self.inp[self.B :, :, 0] = snap.col
         self.ring.copy_(snap.ring)
         self.column, self.base, self.n_prompt, self.total = snap.column, snap.base, snap.n_prompt, snap.total
+        self.conditions = list(snap.conditions)
         self.col_t.fill_(snap.column + 1)
         if snap.sampling != self.sampling:
             self.set_sampling(snap.sampling)
