@@ -21,7 +21,7 @@ def stream_decode_rtf(codec, codes: torch.Tensor, chunk: int) -> float:
     _sync(codec.device)
     t = time.perf_counter()
     for i in range(0, codes.shape[-1], chunk):
-        dec.push(codes[..., i : i + chunk]).cpu()  # the PCM reaches the host, as it must for playback
+        dec.push(codes[..., i : i + chunk], check=False).cpu()  # LM codes; the PCM reaches the host, as it must
     dec.flush().cpu()
     elapsed = time.perf_counter() - t
     return codes.shape[-1] * codec.cfg.hop_length / codec.cfg.sample_rate / elapsed
