@@ -13,7 +13,7 @@ import torch
 
 from segue.models.audio import AudioWriter, read_audio, to_model_audio, write_audio
 from segue.models.errors import AudioInputError, RequestError, SegueError
-from segue.models.generation import Take, frames_for, max_prompt_seconds, prompt_codes
+from segue.models.generation import Take, check_seconds, frames_for, max_prompt_seconds, prompt_codes
 from segue.models.lm.config import SamplingParams
 from segue.models.loading.builder import load_codec, load_model, parse_device, parse_dtype
 
@@ -31,9 +31,7 @@ def _output_path(path: str, what: str) -> Path:
     return out
 
 
-def _sampling(args: argparse.Namespace, card: int) -> SamplingParams:
-    if args.top_k > card:
-        raise RequestError(f"--top-k {args.top_k} exceeds the {card} entries of a codebook")
+def _sampling(args: argparse.Namespace) -> SamplingParams:
     if args.seed is not None and args.seed < 0:
         raise RequestError(f"--seed must be >= 0, got {args.seed}")
     try:
@@ -55,15 +53,20 @@ def generate(args: argparse.Namespace) -> None:
         raise RequestError("--prompt-seconds needs --continue WAV")
     if args.prompt_seconds is not None and not args.prompt_seconds > 0:
         raise RequestError(f"--prompt-seconds must be positive, got {args.prompt_seconds}")
-    source = read_audio(args.continue_wav) if args.continue_wav else None  # check files before loading a model
-
+    # Everything that needs no model is checked first: a typo should not wait for a 7 GB load.
+    check_seconds(args.duration)
+    sampling = _sampling(args)
+    source = read_audio(args.continue_wav) if args.continue_wav else None
     device = parse_device(args.device)
+    dtype = _dtype(args.dtype, device)
+
     t0 = time.perf_counter()
-    model = load_model(args.model, device, _dtype(args.dtype, device))
+    model = load_model(args.model, device, dtype)
     lm = model.require_lm()
     log.info("loaded %s (%s) on %s in %.1f s", args.model, model.info.layout, device, time.perf_counter() - t0)
+    if args.top_k > lm.cfg.card:
+        raise RequestError(f"--top-k {args.top_k} exceeds the {lm.cfg.card} entries of a codebook")
     frames = frames_for(model, args.duration)
-    sampling = _sampling(args, lm.cfg.card)
 
     prompt = None
     if source is not None:

@@ -14,7 +14,7 @@ import torch
 
 from segue.models.codec.encodec import DecoderStream
 from segue.models.errors import RequestError
-from segue.models.lm.config import SamplingParams
+from segue.models.lm.config import MAX_TEXT_TOKENS, SamplingParams
 from segue.models.lm.stream import max_prompt_frames
 from segue.models.musicgen import MusicGen
 
@@ -31,13 +31,18 @@ def max_prompt_seconds(model: MusicGen) -> float:
     return max_prompt_frames(model.require_lm().cfg) / model.frame_rate
 
 
-def frames_for(model: MusicGen, seconds: float) -> int:
+def check_seconds(seconds: float) -> float:
+    """A take's duration in range, or a sentence saying why not (no model needed: checked before loading one)."""
     if not seconds > 0:
         raise RequestError(f"duration must be positive, got {seconds}")
     if seconds > MAX_SECONDS:
         raise RequestError(f"duration {seconds:g} s is over the {MAX_SECONDS:g} s limit of one take; "
                            "ask for less (durations are in seconds)")
-    frames = round(seconds * model.frame_rate)
+    return seconds
+
+
+def frames_for(model: MusicGen, seconds: float) -> int:
+    frames = round(check_seconds(seconds) * model.frame_rate)
     if frames < 1:
         raise RequestError(f"duration {seconds:g} s is shorter than one frame ({1 / model.frame_rate:g} s)")
     return frames
@@ -70,8 +75,8 @@ class Take:
         self.n_prompt = 0 if prompt is None else prompt.shape[-1]
         if text and model.text is not None:
             tokens = model.text.token_count(text)
-            if tokens > 256:
-                raise RequestError(f"the text prompt is {tokens} tokens; the limit is 256, shorten it")
+            if tokens > MAX_TEXT_TOKENS:
+                raise RequestError(f"the text prompt is {tokens} tokens; the limit is {MAX_TEXT_TOKENS}, shorten it")
         self.stream = model.stream(1, sampling)
         try:
             self.stream.start([text], prompt, total_frames=self.n_prompt + frames)

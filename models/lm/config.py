@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Text tokens a prompt may have: fixes the cross-attention shape of a captured step. T5 prompts for MusicGen are
+# typically 10-40 tokens; audiocraft sets no limit, 256 leaves room for long descriptions.
+MAX_TEXT_TOKENS = 256
+
 
 @dataclass(frozen=True)
 class LMConfig:

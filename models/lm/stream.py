@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from segue.models.lm.conditioning import Condition, Conditioner, stack_rows
-from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
+from segue.models.lm.config import MAX_TEXT_TOKENS, LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.cuda_graph import CUDAGraphed, graphs_enabled
 from segue.models.lm.model import MusicGenLM
 from segue.models.lm.pattern import columns_from_frames
@@ -74,7 +74,7 @@ class LMStream:
     """
 
     def __init__(self, lm: MusicGenLM, conditioner: Conditioner, batch: int = 1,
-                 sampling: SamplingParams = SamplingParams(), max_text: int = 256,
+                 sampling: SamplingParams = SamplingParams(), max_text: int = MAX_TEXT_TOKENS,
                  replan: ReplanConfig = ReplanConfig(), cuda_graphs: bool | None = None):
         cfg = lm.cfg
         self.lm, self.cfg, self.conditioner, self.B = lm, cfg, conditioner, batch

@@ -10,7 +10,7 @@ import torch
 from segue.models.errors import ModelFileError, SegueError
 from segue.models.loading import audiocraft_format as ac
 from segue.models.loading import transformers_format as tf
-from segue.models.loading.demo import DEMO_SEED, build_demo, random_codec, DEMO_CODEC
+from segue.models.loading.demo import DEMO_CODEC, DEMO_SEED, build_demo, random_codec
 from segue.models.loading.hub import fetch as hub_fetch
 from segue.models.musicgen import ModelInfo, MusicGen
 

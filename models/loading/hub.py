@@ -27,12 +27,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
 
 
-def choose_weights(files: list[str]) -> list[str]:
+def choose_weights(files: list[str], where: str = "the model") -> list[str]:
     """The allow-patterns of the preferred weight set among `files` (a repo listing)."""
     for patterns in _WEIGHT_CHOICES:
         if fnmatch.filter(files, patterns[0]):
             return patterns
-    raise ModelFileError(f"no weights found (looked for {', '.join(p[0] for p in _WEIGHT_CHOICES)})")
+    raise ModelFileError(f"{where} has no weights (looked for {', '.join(p[0] for p in _WEIGHT_CHOICES)}); "
+                         "is it a MusicGen, AudioGen or EnCodec repo?")
 
 
 def _download(repo_id: str, patterns: list[str]) -> Path:
@@ -65,7 +66,7 @@ def _listing(repo_id: str, cached: Path) -> list[str]:
 
         try:
             return HfApi().list_repo_files(repo_id)
-        except Exception:  # no network: fall back to what the cache holds
+        except Exception:  # noqa: BLE001 - any failure to list (no network, hub down): use what the cache holds
             pass
     return [str(p.relative_to(cached)) for p in cached.rglob("*") if p.is_file()]
 
@@ -80,5 +81,5 @@ def fetch(ref: str) -> Path:
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise ModelNotFoundError(f"no folder {ref}; check the path (or use a hub id such as facebook/musicgen-small)")
     meta = _download(ref, META)
-    weights = choose_weights(_listing(ref, meta))
+    weights = choose_weights(_listing(ref, meta), ref)
     return _download(ref, META + weights)
