@@ -10,6 +10,7 @@ KV cache at their absolute position.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -53,6 +54,24 @@ class Layer(nn.Module):
         self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
 
 
+class LayerViews(NamedTuple):
+    """One layer's weights as the eager step uses them: LayerNorm affine pairs and projections transposed to
+    [in, out] (views, no copies) for `addmm`."""
+
+    n1_w: torch.Tensor
+    n1_b: torch.Tensor
+    wqkv_t: torch.Tensor
+    wo_t: torch.Tensor
+    nc_w: torch.Tensor
+    nc_b: torch.Tensor
+    cq_t: torch.Tensor
+    co_t: torch.Tensor
+    n2_w: torch.Tensor
+    n2_b: torch.Tensor
+    fc1_t: torch.Tensor
+    fc2_t: torch.Tensor
+
+
 class MusicGenLM(nn.Module):
     """Weights of the LM. Holds no per-stream data: every forward takes the `LMState` it reads and updates."""
 
@@ -68,6 +87,26 @@ class MusicGenLM(nn.Module):
         self.register_buffer("positions", sinusoids(cfg.context, d, cfg.max_period), persistent=False)
         self.register_buffer("emb_offsets", torch.arange(K) * (V + 1), persistent=False)
         self.requires_grad_(False)  # inference weights: no autograd graph, ever
+        self._views: list[LayerViews] | None = None
+
+    # The eager step touches ~10 weights per layer; reading them through nn.Module attribute lookups and making
+    # fresh `.t()` views each time costs ~2 ms per small-model step on CPU. They are gathered once, and dropped
+    # whenever the module's tensors are moved or reassigned.
+    def _apply(self, fn, recurse=True):
+        self._views = None
+        return super()._apply(fn, recurse)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._views = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def layer_views(self) -> list["LayerViews"]:
+        if self._views is None:
+            self._views = [LayerViews(
+                l.norm1.weight, l.norm1.bias, l.wqkv.weight.t(), l.wo.weight.t(), l.norm_cross.weight,
+                l.norm_cross.bias, l.cq.weight.t(), l.co.weight.t(), l.norm2.weight, l.norm2.bias, l.fc1.weight.t(),
+                l.fc2.weight.t()) for l in self.layers]
+        return self._views
 
     @classmethod
     def from_state(cls, cfg: LMConfig, state: dict[str, torch.Tensor]) -> "MusicGenLM":
@@ -173,34 +212,34 @@ class MusicGenLM(nn.Module):
         else:  # a chunk of prompt after earlier positions: query i sees keys 0 .. start + i
             q_pos = torch.arange(start, end, device=tokens.device)
             mask, causal = torch.arange(end, device=tokens.device)[None, :] <= q_pos[:, None], False
-        for i, layer in enumerate(self.layers):
-            h = F.layer_norm(x, (d,), layer.norm1.weight, layer.norm1.bias, eps)
-            q, k, v = F.linear(h, layer.wqkv.weight).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
+        for i, w in enumerate(self.layer_views()):
+            h = F.layer_norm(x, (d,), w.n1_w, w.n1_b, eps)
+            q, k, v = torch.mm(h, w.wqkv_t).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
             state.k[i, :, :, start:end] = k
             state.v[i, :, :, start:end] = v
             a = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
                                                attn_mask=mask, is_causal=causal)  # [R, H, T, D]
-            x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), layer.wo.weight.t())
-            h = F.layer_norm(x, (d,), layer.norm_cross.weight, layer.norm_cross.bias, eps)
+            x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.wo_t)
+            h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
             if state.fold_rows is not None:
                 self._folded_cross(h, x, i, state, T)
             else:
-                x = self._cross(h, x, i, layer, state, R, T)
-            h = F.layer_norm(x, (d,), layer.norm2.weight, layer.norm2.bias, eps)
-            x = torch.addmm(x, F.gelu(F.linear(h, layer.fc1.weight)), layer.fc2.weight.t())
+                x = self._cross(h, x, i, w, state, R, T)
+            h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
+            x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
         state.advance(T)
         x = x.view(R, T, d)
         return self._logits(x[:, -1:] if last_only else x)
 
-    def _cross(self, h: torch.Tensor, x: torch.Tensor, i: int, layer: Layer, state: LMState, R: int,
+    def _cross(self, h: torch.Tensor, x: torch.Tensor, i: int, w: LayerViews, state: LMState, R: int,
                T: int) -> torch.Tensor:
         """Cross-attention as published: query projection, attention over the cached text keys/values."""
         H, D, d = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim
         S = state.cross_len
-        q = F.linear(h, layer.cq.weight).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
+        q = torch.mm(h, w.cq_t).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
         mask = None if state.cross_full else state.cross_mask[..., :S]
         a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S], attn_mask=mask)
-        return torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), layer.co.weight.t())
+        return torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.co_t)
 
     @staticmethod
     def _folded_cross(h: torch.Tensor, x: torch.Tensor, i: int, state: LMState, T: int) -> None:
@@ -210,13 +249,21 @@ class MusicGenLM(nn.Module):
             return
         fa, fb = state.fold_a[i], state.fold_b[i]  # [n, H, S, d] each
         _, H, S, d = fa.shape
-        # Batched GEMMs over [n, H*S, d] views: nothing is copied (einsum would copy the folded tensors every step).
-        scores = torch.bmm(h[: n * T].view(n, T, d), fa.view(n, H * S, d).transpose(1, 2)).view(n, T, H, S)
+        # GEMMs over [H*S, d] views: nothing is copied (einsum would copy the folded tensors every step). One
+        # conditional row (the usual stream) takes plain 2-D GEMMs, several take a batched one (bmm with a batch
+        # of one runs ~50 us slower per call on CPU).
+        if n == 1:
+            scores = torch.mm(h[:T], fa.view(H * S, d).t()).view(1, T, H, S)
+        else:
+            scores = torch.bmm(h[: n * T].view(n, T, d), fa.view(n, H * S, d).transpose(1, 2)).view(n, T, H, S)
         if state.fold_bias is not None:
             scores = scores + state.fold_bias.view(n, 1, 1, S)
         p = torch.softmax(scores, dim=-1).view(n, T, H * S)
         # The null rows' cross-attention is exactly zero: they are left as they are.
-        x[: n * T].view(n, T, d).baddbmm_(p, fb.view(n, H * S, d))
+        if n == 1:
+            x[:T].addmm_(p[0], fb.view(H * S, d))
+        else:
+            x[: n * T].view(n, T, d).baddbmm_(p, fb.view(n, H * S, d))
 
     def step_static(self, tokens: torch.Tensor, state: LMState) -> torch.Tensor:
         """One position with every shape fixed (for CUDA-graph capture): tokens [R, K, 1] -> logits [R, K, card].

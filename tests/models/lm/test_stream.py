@@ -205,3 +205,19 @@ def test_folded_cross_attention_with_padded_prompts_and_without_text(short_model
         assert folded.fold_rows == (2 if texts[0] else 0)
         torch.testing.assert_close(lm(ids, folded, last_only=False), lm(ids, ref, last_only=False),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_weight_views_follow_dtype_changes_and_reloads(short_model):
+    """The eager step reads weights through views gathered once; moving or reloading the module refreshes them."""
+    lm = random_lm(SHORT, 7)
+    ids = torch.randint(0, 2049, (2, 4, 5))
+    state = LMState.allocate(lm.cfg, 2, 16, 8, torch.device("cpu"), torch.float32)
+    first = lm(ids, state, last_only=False)
+    lm.to(torch.float64)  # stale float32 views would make the GEMMs fail on mixed dtypes
+    state64 = LMState.allocate(lm.cfg, 2, 16, 8, torch.device("cpu"), torch.float64)
+    torch.testing.assert_close(lm(ids, state64, last_only=False), first, atol=1e-5, rtol=1e-5)  # logits: float32
+    other = random_lm(SHORT, 8).to(torch.float64)
+    lm.load_state_dict(other.state_dict(), assign=True)  # new tensors: the old views must not be used
+    state64.reset()
+    torch.testing.assert_close(lm(ids, state64, last_only=False), other(ids, LMState.allocate(
+        lm.cfg, 2, 16, 8, torch.device("cpu"), torch.float64), last_only=False))
