@@ -144,7 +144,8 @@ def render(info, codec_cpu, codec_gpu, rows, skipped) -> str:
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "## LM decode: segue vs transformers `generate`", "",
               "Random weights with the real MusicGen decoder shapes (small 1024/16/24, medium 1536/24/48, large "
-              "2048/32/48), CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 gives 12 for 'dub techno, deep chords, 120 bpm'). A step is one "
+              "2048/32/48), CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 gives 12 "
+              "for 'dub techno, deep chords, 120 bpm'). A step is one "
               "column of 4 tokens; real time needs 50 steps/s (RTF >= 1). Medians over the trials.", "",
               "The weight floor is the bare GEMMs of one segue step over the same weights (best of 5): what "
               "reading the weights costs here. With cross-attention folded segue no longer reads `cq` and `co`; "

@@ -94,6 +94,24 @@ def save_musicgen(model, tok, folder: Path) -> Path:
     return folder
 
 
+def finish(stream) -> torch.Tensor:
+    """Step a finite LM stream to its end; its codes [B, K, total] (prompt frames included)."""
+    while not stream.done:
+        stream.step()
+    return stream.read_frames(0, stream.total)
+
+
+def generate_frames(model, texts, frames: int, prompt: torch.Tensor | None = None, sampling=None,
+                    cuda_graphs: bool | None = None) -> torch.Tensor:
+    """segue's codes for `frames` new frames after an optional prompt (greedy with CFG 3 unless told otherwise)."""
+    from segue.models.lm.config import SamplingParams
+
+    sampling = sampling or SamplingParams(top_k=1, cfg_coef=3.0)
+    stream = model.stream(len(texts), sampling, cuda_graphs=cuda_graphs)
+    stream.start(texts, prompt, total_frames=(0 if prompt is None else prompt.shape[-1]) + frames)
+    return finish(stream)
+
+
 def hf_greedy_codes(model, tok, text: str, new_steps: int, audio: torch.Tensor | None = None,
                     guidance: float = 3.0) -> torch.Tensor:
     """Codes [B, K, T] that transformers' generate hands to its codec (prompt frames included)."""

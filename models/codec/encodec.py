@@ -66,7 +66,8 @@ class Encodec(nn.Module):
         if not 1 <= codes.shape[1] <= self.cfg.n_q:
             raise ValueError(f"this codec has {self.cfg.n_q} codebooks; got codes for {codes.shape[1]}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.bins):
-            raise ValueError(f"codes must lie in [0, {self.cfg.bins - 1}], got [{int(codes.min())}, {int(codes.max())}]")
+            lo, hi = int(codes.min()), int(codes.max())
+            raise ValueError(f"codes must lie in [0, {self.cfg.bins - 1}], got [{lo}, {hi}]")
 
     # -- one pass -----------------------------------------------------------------------------------------------
     @torch.no_grad()

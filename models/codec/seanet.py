@@ -1,7 +1,7 @@
 """SEANet encoder and decoder, laid out index for index like EnCodec so checkpoint keys map one to one.
 
-Encoder (32 kHz): 0 Conv 1->64 k7 | 1 Res(64) 2 ELU 3 Conv k8 s4 | 4 Res 5 ELU 6 Conv k8 s4 | 7 Res 8 ELU 9 Conv k10 s5 |
-10 Res 11 ELU 12 Conv k16 s8 | 13 LSTM(1024) | 14 ELU | 15 Conv 1024->128 k7.
+Encoder (32 kHz): 0 Conv 1->64 k7 | 1 Res(64) 2 ELU 3 Conv k8 s4 | 4 Res 5 ELU 6 Conv k8 s4 |
+7 Res 8 ELU 9 Conv k10 s5 | 10 Res 11 ELU 12 Conv k16 s8 | 13 LSTM(1024) | 14 ELU | 15 Conv 1024->128 k7.
 Decoder (32 kHz): 0 Conv 128->1024 k7 | 1 LSTM | 2 ELU 3 ConvT k16 s8 4 Res | ... | 14 ELU | 15 Conv 64->1 k7.
 """
 
@@ -103,10 +103,3 @@ def build_decoder(cfg: CodecConfig) -> Sequential:
     layers += [ELU(cfg.n_filters), Conv1d(cfg.n_filters, cfg.channels, cfg.last_kernel_size, **conv)]
     return Sequential(layers)
 
-
-def fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """W = g * v / ||v||, the norm over every dim but the first (torch weight_norm, dim=0).
-
-    Uses the same kernel as torch's weight-norm parametrization so folded weights match the reference bit for bit.
-    """
-    return torch._weight_norm(v, g, 0)

@@ -17,10 +17,6 @@ from __future__ import annotations
 import torch
 
 
-def frame_of(column: int, delay: int) -> int:
-    return column - 1 - delay
-
-
 def columns_from_frames(frames: torch.Tensor, delays: tuple[int, ...], start: int, stop: int, first_frame: int,
                         special: int, ring: int | None = None) -> torch.Tensor:
     """Columns [start, stop) built from a frame buffer.
@@ -41,7 +37,3 @@ def columns_from_frames(frames: torch.Tensor, delays: tuple[int, ...], start: in
     out = frames.gather(2, idx[None].expand(B, K, -1))  # [B, K, n]
     return out.masked_fill(absent[None], special)
 
-
-def undelay(columns: torch.Tensor, delays: tuple[int, ...], frames: int) -> torch.Tensor:
-    """Columns [B, K, >= frames + 1 + max_delay] (column 0 = start) -> frames [B, K, frames]."""
-    return torch.stack([columns[:, k, 1 + d : 1 + d + frames] for k, d in enumerate(delays)], 1)

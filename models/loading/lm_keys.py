@@ -57,7 +57,8 @@ def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LM
             raise ModelFileError(f"codebook pattern {pattern.get('modeling')!r} is not supported (only 'delay')")
         fuser = cfg.get("fuser", {})
         if fuser.get("prepend") or fuser.get("sum") or fuser.get("input_interpolate"):
-            raise ModelFileError("melody / prepend-conditioned models are not supported yet (text cross-attention only)")
+            raise ModelFileError("melody / prepend-conditioned models are not supported yet (text cross-attention "
+                                 "only)")
         for key in ("bias_ff", "bias_attn", "bias_proj"):
             if tl.get(key, False):
                 raise ModelFileError(f"LMs with {key}=true are not supported (MusicGen has no biases)")

@@ -104,7 +104,7 @@ def fold_weight_norms(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     consumed = set()
     for key, value in sd.items():
-        for pattern, g_suffix, v_suffix in _WN_PAIRS:
+        for pattern, _, v_suffix in _WN_PAIRS:
             m = pattern.match(key)
             if m:
                 base = m.group(1)

@@ -7,6 +7,7 @@ test_stream.py::test_static_step_equals_eager_step.
 import pytest
 import torch
 
+import support
 from segue.models.lm.config import SamplingParams
 from segue.models.loading.builder import load_model
 
@@ -16,9 +17,7 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 def greedy(model, frames, graphs):
     s = model.stream(1, SamplingParams(top_k=1), cuda_graphs=graphs)
     s.start(["glass harmonica"], None, total_frames=frames)
-    while not s.done:
-        s.step()
-    return s, s.read_frames(0, frames).cpu()
+    return s, support.finish(s).cpu()
 
 
 def test_graph_step_equals_eager_step(tiny):
@@ -34,17 +33,12 @@ def test_graph_survives_restore_and_sampling_changes(tiny):
     s = model.stream(1, SamplingParams(seed=3), cuda_graphs=True)
     s.start(["x"], None, total_frames=60)
     snap = s.snapshot()
-    while not s.done:
-        s.step()
-    first = s.read_frames(0, 60).cpu()
+    first = support.finish(s).cpu()
     s.restore(snap)
-    while not s.done:
-        s.step()
-    assert torch.equal(s.read_frames(0, 60).cpu(), first)  # replayed through the same captured graph
+    assert torch.equal(support.finish(s).cpu(), first)  # replayed through the same captured graph
     s.restore(snap)
     s.set_sampling(SamplingParams(temperature=0.7, top_k=50, seed=3))  # another graph, same buffers
-    while not s.done:
-        s.step()
+    support.finish(s)
 
 
 def test_bfloat16_on_gpu_tracks_float32(tiny):

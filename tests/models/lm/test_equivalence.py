@@ -4,21 +4,8 @@ import pytest
 import torch
 
 import support
-from segue.models.lm.config import SamplingParams
 from segue.models.lm.state import LMState
 from segue.models.loading.builder import load_model
-
-GREEDY = SamplingParams(temperature=1.0, top_k=1, cfg_coef=3.0)
-
-
-def segue_greedy(model, texts, prompt, new_frames):
-    stream = model.stream(len(texts), GREEDY)
-    n_prompt = 0 if prompt is None else prompt.shape[-1]
-    stream.start(texts, prompt, total_frames=n_prompt + new_frames)
-    while not stream.done:
-        stream.step()
-    return stream.read_frames(0, n_prompt + new_frames)
-
 
 def test_logits_match_transformers(tiny, tiny_segue):
     hf, tok, _ = tiny
@@ -45,7 +32,7 @@ def test_greedy_text_only_matches_transformers(tiny, tiny_segue):
     hf, tok, _ = tiny
     for text, steps in (("dub techno", 24), ("a bright marimba loop with shakers", 9)):
         ref = support.hf_greedy_codes(hf, tok, text, steps)
-        ours = segue_greedy(tiny_segue, [text], None, steps - 3)  # T frames take T + 3 steps
+        ours = support.generate_frames(tiny_segue, [text], steps - 3)  # T frames take T + 3 steps
         assert torch.equal(ours, ref)
 
 
@@ -55,7 +42,7 @@ def test_greedy_continuation_matches_transformers(tiny, tiny_segue):
     ref = support.hf_greedy_codes(hf, tok, "jazz drums", 20, audio=audio)
     prompt = tiny_segue.encode(audio)
     assert torch.equal(ref[..., : prompt.shape[-1]], prompt)  # same prompt codes
-    ours = segue_greedy(tiny_segue, ["jazz drums"], prompt, 20 - 3)
+    ours = support.generate_frames(tiny_segue, ["jazz drums"], 20 - 3, prompt)
     assert torch.equal(ours, ref)
 
 
@@ -63,7 +50,7 @@ def test_batched_prompts_of_different_lengths_match_transformers(tiny, tiny_segu
     hf, tok, _ = tiny
     texts = ["kick", "a long description of a slow ambient piece"]
     ref = support.hf_greedy_codes(hf, tok, texts, 15)
-    ours = segue_greedy(tiny_segue, texts, None, 12)
+    ours = support.generate_frames(tiny_segue, texts, 12)
     assert torch.equal(ours, ref)
 
 
@@ -72,10 +59,10 @@ def test_stereo_matches_transformers(tiny_stereo):
     model = load_model(str(folder))
     assert model.channels == 2 and model.lm.cfg.delays == (0, 0, 1, 1, 2, 2, 3, 3)
     ref = support.hf_greedy_codes(hf, tok, "stereo strings", 16)
-    assert torch.equal(segue_greedy(model, ["stereo strings"], None, 13), ref)
+    assert torch.equal(support.generate_frames(model, ["stereo strings"], 13), ref)
     audio = torch.randn(1, 2, 640 * 6) * 0.2
     ref = support.hf_greedy_codes(hf, tok, "stereo strings", 12, audio=audio)
-    assert torch.equal(segue_greedy(model, ["stereo strings"], model.encode(audio), 9), ref)
+    assert torch.equal(support.generate_frames(model, ["stereo strings"], 9, model.encode(audio)), ref)
     with torch.no_grad():
         hf_audio = hf.generate(**tok(["x"], return_tensors="pt"), do_sample=False, guidance_scale=3.0,
                                max_new_tokens=8)

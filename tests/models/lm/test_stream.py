@@ -4,6 +4,7 @@ and a stream outlives the trained context without stopping."""
 import pytest
 import torch
 
+import support
 from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.pattern import columns_from_frames
 from segue.models.lm.state import LMState
@@ -78,27 +79,17 @@ def test_snapshot_restore_replays_and_reseed_varies(short_model):
     stream = short_model.stream(1, SamplingParams(seed=7))
     stream.start(["glitch"], None, total_frames=60)
     snap = stream.snapshot()
-    while not stream.done:
-        stream.step()
-    first = stream.read_frames(0, 60).clone()
+    first = support.finish(stream).clone()
     stream.restore(snap)
-    while not stream.done:
-        stream.step()
-    assert torch.equal(stream.read_frames(0, 60), first)  # instant retry replays exactly
+    assert torch.equal(support.finish(stream), first)  # instant retry replays exactly
     stream.restore(snap)
     stream.reseed(8)  # retry with a new seed: same prompt state, different take
-    while not stream.done:
-        stream.step()
-    assert not torch.equal(stream.read_frames(0, 60), first)
+    assert not torch.equal(support.finish(stream), first)
 
 
 def test_seeded_sampling_is_reproducible_and_greedy_modes_agree(short_model):
     def run(sampling):
-        s = short_model.stream(1, sampling)
-        s.start(["x"], None, total_frames=20)
-        while not s.done:
-            s.step()
-        return s.read_frames(0, 20)
+        return support.generate_frames(short_model, ["x"], 20, sampling=sampling)
 
     assert torch.equal(run(SamplingParams(seed=3)), run(SamplingParams(seed=3)))
     assert not torch.equal(run(SamplingParams(seed=3)), run(SamplingParams(seed=4)))
@@ -109,9 +100,7 @@ def test_prompt_frames_are_kept_and_no_special_token_leaks(short_model):
     prompt = torch.randint(0, 2048, (1, 4, 20))
     s = short_model.stream(1, SamplingParams(seed=1))
     s.start([None], prompt, total_frames=50)
-    while not s.done:
-        s.step()
-    frames = s.read_frames(0, 50)
+    frames = support.finish(s)
     assert torch.equal(frames[..., :20], prompt)
     assert int(frames.max()) < 2048
 
@@ -121,7 +110,7 @@ def test_endless_stream_outlives_the_context(short_model):
     s = short_model.stream(1, SamplingParams(seed=5), replan=ReplanConfig(keep_seconds=0.6, chunk=8))
     s.start(["drone"], None, total_frames=None)
     switches, last_base = 0, s.base
-    for i in range(6 * cfg.context):
+    for _ in range(6 * cfg.context):
         before = s.frames_ready
         s.step()
         assert s.frames_ready == before + (1 if s.column > cfg.max_delay else 0)  # one frame per step, no pause
@@ -147,8 +136,9 @@ def test_reprompt_continues_from_exactly_the_recent_context(short_model):
     # Rebuild the same context in one prefill and compare its next-step logits with the stream's.
     cols = columns_from_frames(s.ring, cfg.delays, cu.base, s.column + 1, cu.base, cfg.special, s.ring_size)
     ref_state = conditioned_state(short_model, "drone", rows=2, max_text=s.active.max_text)
-    ref_state.set_condition(s.active.cross_k[:, :, :, : s.active.cross_len], s.active.cross_v[:, :, :, :s.active.cross_len],
-                            s.active.cross_mask[:, 0, 0, : s.active.cross_len])
+    n = s.active.cross_len
+    act = s.active
+    ref_state.set_condition(act.cross_k[:, :, :, :n], act.cross_v[:, :, :, :n], act.cross_mask[:, 0, 0, :n])
     ref = short_model.lm(torch.cat([cols, cols]), ref_state)[:, :, 0]
     snap_pos = s.active.pos
     mine = short_model.lm(s.inp, s.active)[:, :, 0]

@@ -8,16 +8,10 @@ import support
 from segue.models.errors import ModelFileError
 from segue.models.loading.audiocraft_format import parse_xp_cfg
 from segue.models.loading.builder import load_codec, load_model
-from segue.models.lm.config import SamplingParams
 
 
 def greedy(model, text, frames, prompt=None):
-    s = model.stream(1, SamplingParams(top_k=1))
-    n = 0 if prompt is None else prompt.shape[-1]
-    s.start([text], prompt, total_frames=n + frames)
-    while not s.done:
-        s.step()
-    return s.read_frames(0, n + frames)
+    return support.generate_frames(model, [text], frames, prompt)
 
 
 @pytest.fixture(scope="module")

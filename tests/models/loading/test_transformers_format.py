@@ -13,13 +13,7 @@ from segue.models.loading.builder import load_codec, load_model
 
 
 def tokens_of(model, text="rain on a tin roof", frames=10):
-    from segue.models.lm.config import SamplingParams
-
-    s = model.stream(1, SamplingParams(top_k=1))
-    s.start([text], None, total_frames=frames)
-    while not s.done:
-        s.step()
-    return s.read_frames(0, frames)
+    return support.generate_frames(model, [text], frames)
 
 
 def copy_folder(src, dst):
