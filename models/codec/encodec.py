@@ -65,9 +65,11 @@ class Encodec(nn.Module):
             raise ValueError(f"codes must be integers, got {codes.dtype}")
         if not 1 <= codes.shape[1] <= self.cfg.n_q:
             raise ValueError(f"this codec has {self.cfg.n_q} codebooks; got codes for {codes.shape[1]}")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.bins):
+        if codes.numel():
             lo, hi = int(codes.min()), int(codes.max())
-            raise ValueError(f"codes must lie in [0, {self.cfg.bins - 1}], got [{lo}, {hi}]")
+            if lo < 0 or hi >= self.cfg.bins:
+                raise ValueError(f"codes must lie in [0, {self.cfg.bins - 1}], got values outside it ([{lo}, {hi}]); "
+                                 "were they made for another codec?")
 
     # -- one pass -----------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -113,8 +113,7 @@ class MusicGenLM(nn.Module):
         """Build directly from a complete state dict, without allocating random weights first (no 2x peak)."""
         with torch.device("meta"):
             lm = cls(cfg)
-        lm.load_state_dict(state, assign=True)
-        lm.requires_grad_(False)
+        lm.load_state_dict(state, assign=True)  # keeps requires_grad=False from __init__
         lm.positions = sinusoids(cfg.context, cfg.dim, cfg.max_period).to(lm.heads.device)
         lm.emb_offsets = torch.arange(cfg.n_q, device=lm.heads.device) * (cfg.card + 1)
         return lm

@@ -138,10 +138,10 @@ class LMStream:
         n_prompt = 0 if prompt is None else prompt.shape[-1]
         if prompt is not None and (prompt.dim() != 3 or prompt.shape[:2] != (B, cfg.n_q)):
             raise ValueError(f"prompt codes must be [{B}, {cfg.n_q}, frames], got {list(prompt.shape)}")
-        if n_prompt > max_prompt_frames(cfg, self.replan):
-            limit = max_prompt_frames(cfg, self.replan) / cfg.frame_rate
+        limit = max_prompt_frames(cfg, self.replan)
+        if n_prompt > limit:
             raise ValueError(f"the audio prompt is {n_prompt / cfg.frame_rate:.2f} s; this model's context allows "
-                             f"at most {limit:.2f} s of prompt")
+                             f"at most {limit / cfg.frame_rate:.2f} s of prompt")
         if total_frames is not None and total_frames <= n_prompt:
             raise ValueError("nothing to generate: total_frames must exceed the prompt")
         self.conditions = [self.conditioner(t) for t in texts]
