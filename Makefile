@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # The CPU wheel this kind of machine carries locally; GPU machines keep the torch they already have.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages segue needs; installed with apt when root, otherwise named in one line.
-SYSTEM_PACKAGES ?=
+SYSTEM_PACKAGES ?= libportaudio2 jackd2
 
 .PHONY: demo test setup system clean bench
 
@@ -42,7 +42,7 @@ system:
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing Debian packages:$$missing"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 		else \
 			echo "segue needs Debian packages:$$missing -- run: sudo apt-get install$$missing"; exit 1; \
 		fi; \

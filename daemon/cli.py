@@ -53,7 +53,73 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(d, dtype=False)
     d.add_argument("input", metavar="CODES.npy")
     d.add_argument("--out", required=True, metavar="OUT.wav")
+
+    s = sub.add_parser("serve", help="run the daemon: model warm, live input recorded, commands over ZeroMQ",
+                       description="Load once, warm up, then serve commands until SIGTERM / Ctrl-C. Settings come "
+                                   "from --config (TOML) and are overridden by flags.")
+    s.add_argument("--config", default=None, metavar="FILE", help="TOML settings (keys named like the flags)")
+    s.add_argument("--model", default=None, help="hub id, local folder or 'demo' (default facebook/musicgen-small)")
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+    s.add_argument("--audio-device", default=None, metavar="NAME|none",
+                   help="sound card (name substring or index; `segue devices`), or none: takes and PUB only")
+    s.add_argument("--sample-rate", type=int, default=None, metavar="R", help="device rate (default: the device's)")
+    s.add_argument("--block-size", type=int, default=None, metavar="N", help="audio block in samples (default 256)")
+    s.add_argument("--input-channels", type=int, default=None, metavar="C", help="live input channels (default 2)")
+    s.add_argument("--zmq", default=None, help="request socket (default tcp://127.0.0.1:5555)")
+    s.add_argument("--pub", default=None, help="event/audio socket (default tcp://127.0.0.1:5556)")
+    s.add_argument("--takes", default=None, metavar="DIR", help="where takes are written (default ./takes)")
+    s.add_argument("--allow", action="append", default=None, metavar="DIR",
+                   help="a folder `continue source=file` may read (repeatable; the takes folder always)")
+    s.add_argument("--pace", choices=["realtime", "asap"], default=None,
+                   help="realtime: play in time (default); asap: no playback, render takes as fast as possible")
+
+    n = sub.add_parser("send", help="send one command to a running daemon and print the reply",
+                       description="Example: segue send continue source=live last_bars=2 bars=2 start=next_bar")
+    n.add_argument("cmd", metavar="CMD", help="generate, continue, stop, retry, set, tempo, status, takes")
+    n.add_argument("fields", nargs="*", metavar="KEY=VALUE", help="values are JSON when they parse, else text")
+    n.add_argument("--zmq", default="tcp://127.0.0.1:5555")
+    n.add_argument("--pub", default="tcp://127.0.0.1:5556")
+    n.add_argument("--wait", action="store_true", help="print the request's events until it is done")
+    n.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
+
+    sub.add_parser("devices", help="list audio devices")
     return parser
+
+
+def _field(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SegueError(f"fields are KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def send(args) -> None:
+    import json
+
+    from segue.daemon.client import Client, DaemonError
+
+    client = Client(args.zmq, args.pub if args.wait else None, timeout=args.timeout)
+    try:
+        reply = client.request(args.cmd, **dict(_field(f) for f in args.fields))
+        print(json.dumps(reply, indent=1))
+        if args.wait and "id" in reply:
+            for ev in client.events(timeout=3600):
+                if ev.get("id") == reply["id"]:
+                    print(json.dumps(ev))
+                    if ev["event"] in ("done", "error"):
+                        break
+    except DaemonError as exc:
+        raise SegueError(f"the daemon refused it: {exc}") from exc
+    except TimeoutError as exc:
+        raise SegueError(str(exc)) from exc
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +132,18 @@ def main(argv: list[str] | None = None) -> int:
             commands.generate(args)
         elif args.command == "codec":
             commands.codec(args)
+        elif args.command == "serve":
+            from segue.daemon.serve import load_settings, serve
+
+            flags = dict(vars(args))
+            flags["allow"] = tuple(args.allow) if args.allow else None
+            serve(load_settings(args.config, flags))
+        elif args.command == "send":
+            send(args)
+        elif args.command == "devices":
+            from segue.daemon.audio_io import list_devices
+
+            print(list_devices())
     except SegueError as exc:
         print(f"segue: error: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ from segue.models.audio import AudioWriter, read_audio, to_model_audio, write_au
 from segue.models.errors import AudioInputError, RequestError, SegueError
 from segue.models.generation import Take, check_seconds, frames_for, max_prompt_seconds, prompt_codes
 from segue.models.lm.config import SamplingParams
-from segue.models.loading.builder import load_codec, load_model, parse_device, parse_dtype
+from segue.models.loading.builder import load_codec, load_model, parse_device, resolve_dtype
 
 log = logging.getLogger("segue")
 
@@ -40,12 +40,6 @@ def _sampling(args: argparse.Namespace) -> SamplingParams:
         raise RequestError(str(exc)) from exc
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return parse_dtype(name)
-
-
 def generate(args: argparse.Namespace) -> None:
     out = _output_path(args.out, "--out")
     codes_out = _output_path(args.codes_out, "--codes-out") if args.codes_out else None
@@ -58,7 +52,7 @@ def generate(args: argparse.Namespace) -> None:
     sampling = _sampling(args)
     source = read_audio(args.continue_wav) if args.continue_wav else None
     device = parse_device(args.device)
-    dtype = _dtype(args.dtype, device)
+    dtype = resolve_dtype(args.dtype, device)
 
     t0 = time.perf_counter()
     model = load_model(args.model, device, dtype)

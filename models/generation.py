@@ -64,28 +64,42 @@ class Take:
         model: the loaded model (shared, read only).
         text: text prompt, or None for the null condition.
         prompt: LM codes [1, K, T_p] to continue, or None.
-        frames: new frames to generate.
+        frames: new frames to generate, or None for an endless take.
         sampling: sampling settings (seeded when `sampling.seed` is set).
         chunk_frames: frames decoded per yielded chunk.
     """
 
-    def __init__(self, model: MusicGen, text: str | None, prompt: torch.Tensor | None, frames: int,
-                 sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25):
+    def __init__(self, model: MusicGen, text: str | None, prompt: torch.Tensor | None, frames: int | None,
+                 sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25, _resume: "TakeSnapshot" = None):
         self.model, self.frames, self.chunk_frames = model, frames, chunk_frames
+        self.stream = model.stream(1, sampling)
+        self.decoders: list[DecoderStream] = [model.codec.stream_decoder(1) for _ in range(model.codec_passes)]
+        self.codes: list[torch.Tensor] = []  # new frames, on the host, as read
+        if _resume is not None:
+            self.n_prompt = _resume.stream.n_prompt
+            self.restore(_resume)
+            return
         self.n_prompt = 0 if prompt is None else prompt.shape[-1]
         if text and model.text is not None:
             tokens = model.text.token_count(text)
             if tokens > MAX_TEXT_TOKENS:
                 raise RequestError(f"the text prompt is {tokens} tokens; the limit is {MAX_TEXT_TOKENS}, shorten it")
-        self.stream = model.stream(1, sampling)
         try:
-            self.stream.start([text], prompt, total_frames=self.n_prompt + frames)
+            self.stream.start([text], prompt, total_frames=None if frames is None else self.n_prompt + frames)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
-        self.decoders: list[DecoderStream] = [model.codec.stream_decoder(1) for _ in range(model.codec_passes)]
         self.skip = self.n_prompt * model.hop_length  # samples of prompt audio the decoders will emit first
         self.read = 0
-        self.codes: list[torch.Tensor] = []  # new frames, on the host, as read
+
+    @classmethod
+    def from_snapshot(cls, model: MusicGen, snap: "TakeSnapshot", frames: int | None, seed: int | None = None,
+                      chunk_frames: int = 25) -> "Take":
+        """A new take in its own buffers, resumed from another take's snapshot (a retry while the original still
+        plays): the prompt is not encoded or prefilled again."""
+        take = cls(model, None, None, frames, snap.stream.sampling, chunk_frames, _resume=snap)
+        if seed is not None:
+            take.stream.reseed(seed)
+        return take
 
     @property
     def seed(self) -> int:
@@ -103,25 +117,36 @@ class Take:
         self.skip -= drop
         return pcm[:, drop:].float().cpu().numpy()  # the only host copy: finished PCM
 
+    @property
+    def done(self) -> bool:
+        return self.stream.done and self.read >= self.stream.frames_ready
+
     @torch.no_grad()
-    def __iter__(self) -> Iterator[np.ndarray]:
-        """Chunks [C, n] float32 of new audio; their concatenation is frames * hop samples."""
+    def pump(self) -> np.ndarray | None:
+        """One LM step; returns the newly decoded chunk [C, n] float32 when one is due (every `chunk_frames`
+        frames, and at the end), else None. The concatenation of all chunks is frames * hop samples."""
+        if self.done:
+            return None
         s = self.stream
-        while True:
-            if not s.done:
-                s.step()
-            ready = s.frames_ready
-            if ready - self.read >= self.chunk_frames or s.done:
-                codes = s.read_frames(self.read, ready)
-                new_from = max(self.read, self.n_prompt) - self.read
-                if codes.shape[-1] > new_from:
-                    self.codes.append(codes[0, :, new_from:].cpu())
-                self.read = ready
-                pcm = self._decode(codes, last=s.done)
-                if pcm.shape[-1]:
-                    yield pcm
-                if s.done:
-                    return
+        if not s.done:
+            s.step()
+        ready = s.frames_ready
+        if ready - self.read < self.chunk_frames and not s.done:
+            return None
+        codes = s.read_frames(self.read, ready)
+        new_from = max(self.read, self.n_prompt) - self.read
+        if codes.shape[-1] > new_from:
+            self.codes.append(codes[0, :, new_from:].cpu())
+        self.read = ready
+        pcm = self._decode(codes, last=s.done)
+        return pcm if pcm.shape[-1] else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Chunks [C, n] float32 of new audio, until the take is done (forever for an endless take)."""
+        while not self.done:
+            pcm = self.pump()
+            if pcm is not None:
+                yield pcm
 
     def snapshot(self) -> TakeSnapshot:
         """The whole take's state (LM stream and codec decoders); taken right after creation it holds just the

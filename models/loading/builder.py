@@ -25,6 +25,13 @@ def parse_dtype(name: str) -> torch.dtype:
         raise SegueError(f"unknown dtype {name!r}; use float32, bfloat16 or float16") from None
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is bfloat16 on CUDA and float32 on CPU (where bfloat16 matmuls are slow); else `parse_dtype`."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return parse_dtype(name)
+
+
 def parse_device(name: str | None) -> torch.device:
     """'auto' (or None) picks CUDA when present; 'cuda' without a GPU is an error, not a silent fallback."""
     if name in (None, "auto"):

@@ -1,0 +1,483 @@
+"""The engine thread: it owns the model and every take, and is the only thread that runs model work.
+
+Transports call `submit` (any thread): it numbers the command, queues it and returns at once. The engine loop
+drains the queue, gives each generating take one LM step (decoding a chunk when one is due, resampling it to the
+device rate, writing it to the take's files and queueing it on its voice), mixes the voices into the bus a short
+horizon ahead of the playhead, and reports events. `status()` and `takes()` read snapshots the loop publishes, so
+a transport never waits for a model step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+from segue.daemon.audio_io import Audio
+from segue.daemon.clock import Grid
+from segue.daemon.playback import Mixer, Voice
+from segue.daemon.sources import encode_prompt, prompt_audio
+from segue.daemon.takes import TakeFiles, list_takes
+from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue, Generate,
+                                     Length, Retry, Sampling, Set, Start, Status, Stop, Takes, Tempo)
+from segue.models.errors import SegueError
+from segue.models.generation import Take, TakeSnapshot
+from segue.models.lm.config import SamplingParams
+from segue.models.musicgen import MusicGen
+
+log = logging.getLogger("segue.engine")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    takes_dir: Path
+    allowed_dirs: tuple[Path, ...] = ()  # folders `continue source=file` may read (the takes folder always)
+    chunk_frames: int = 5  # frames per decoded chunk (100 ms at 50 Hz): the unit of latency and of loss on a crash
+    crossfade: float = 0.05  # seconds, when a take replaces the one playing on its lane
+    end_fade: float = 0.005  # seconds of release at the end of a finite take (no click at the cut)
+    max_lead: float = 10.0  # seconds an endless take may run ahead of the playhead
+    pace: str = "realtime"  # "asap": no playback, render takes as fast as possible
+    max_takes: int = 8  # takes generating at once
+
+
+@dataclass
+class Defaults:
+    """Session defaults, changed by `set`."""
+
+    prompt: str | None = None
+    temperature: float = 1.0
+    top_k: int = 250
+    top_p: float = 0.0
+    cfg: float = 3.0
+    seconds: float | None = None
+    bars: float | None = 4.0
+    endless: bool = False
+    prompt_seconds: float = 10.0
+    prompt_bars: float | None = None
+    start: Start = field(default_factory=lambda: Start("next_bar"))
+
+    def sampling(self, over: Sampling, seed: int | None) -> SamplingParams:
+        pick = lambda a, b: b if a is None else a  # noqa: E731
+        return SamplingParams(pick(over.temperature, self.temperature), pick(over.top_k, self.top_k),
+                              pick(over.top_p, self.top_p), pick(over.cfg, self.cfg), seed)
+
+    def length(self, given: Length | None) -> Length:
+        if given is not None:
+            return given
+        if self.endless:
+            return Length()
+        return Length(seconds=self.seconds) if self.seconds is not None else Length(bars=self.bars)
+
+
+class _Release:
+    """Trims a finite take to its exact length and fades its last samples, across chunk boundaries."""
+
+    def __init__(self, total: int | None, fade: int):
+        self.total, self.fade, self.out = total, fade if total is not None else 0, 0
+        self.held = np.zeros((0, 0), np.float32)
+
+    def feed(self, pcm: np.ndarray, last: bool) -> np.ndarray:
+        if self.total is not None:
+            pcm = pcm[: max(0, self.total - self.out - len(self.held))]
+            last = last or self.out + len(self.held) + len(pcm) >= self.total
+        x = pcm if not len(self.held) else np.concatenate([self.held, pcm])
+        if last:
+            if self.fade and len(x):
+                k = min(self.fade, len(x))
+                x = x.copy()
+                x[-k:] *= ((np.arange(k, 0, -1) - 0.5) / self.fade).astype(np.float32)[:, None]
+            self.held = x[:0]
+        else:
+            cut = max(0, len(x) - self.fade)
+            x, self.held = x[:cut], x[cut:]
+        self.out += len(x)
+        return x
+
+
+class Run:
+    """One take inside the engine: generation, resampling, files and voice."""
+
+    def __init__(self, tid: int, kind: str, take: Take, snapshot: TakeSnapshot, voice: Voice, files: TakeFiles,
+                 total: int | None, device_rate: int, model: MusicGen, out_channels: int, end_fade: int, meta: dict):
+        self.id, self.kind, self.take, self.snapshot, self.voice, self.files = tid, kind, take, snapshot, voice, files
+        self.total, self.meta = total, meta
+        self.resampler = None if model.sample_rate == device_rate else soxr.ResampleStream(
+            model.sample_rate, device_rate, model.channels, dtype="float32", quality="HQ")
+        self.release = _Release(total, end_fade)
+        self.out_channels = out_channels
+        self.state = "queued"
+        self.codes_written = 0
+        self.created = time.monotonic()
+        self.first_audio: float | None = None
+        self.generating = True
+        self.next_progress = 1.0
+
+    def to_device(self, pcm: np.ndarray, last: bool) -> np.ndarray:
+        """Model-rate chunk [C, n] -> device-rate, device-channel samples [m, out_channels]."""
+        x = np.ascontiguousarray(pcm.T)  # [n, C]
+        if self.resampler is not None:
+            x = self.resampler.resample_chunk(x, last=last)
+        x = self.release.feed(x, last)
+        if x.shape[1] != self.out_channels:
+            x = np.repeat(x.mean(axis=1, keepdims=True), self.out_channels, axis=1) if x.shape[1] == 1 or \
+                self.out_channels == 1 else x[:, : self.out_channels]
+            if self.out_channels == 1:
+                x = x[:, :1]
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Engine:
+    def __init__(self, model: MusicGen, audio: Audio, cfg: EngineConfig, emit: Callable[[dict], None],
+                 publish_audio: Callable[[int, np.ndarray], None] | None = None):
+        self.model, self.audio, self.cfg, self.emit = model, audio, cfg, emit
+        cfg.takes_dir.mkdir(parents=True, exist_ok=True)
+        self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
+        self.sr = audio.sample_rate
+        self.grid = Grid(self.sr)
+        self.defaults = Defaults()
+        guard = 2 * audio.block
+        self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2, publish_audio)
+        self.horizon = max(4 * audio.block, int(0.1 * self.sr))
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.ids = itertools.count(self._first_id())
+        self.runs: list[Run] = []
+        self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
+        self.rate = 1.0  # audio seconds one take generates per wall second (measured)
+        self.first_latency = 0.5  # seconds from request to a take's first chunk (measured)
+        self.iter_time = 0.0
+        self._status: dict = {}
+        self._takes: list[dict] = []
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._changed = True  # the takes folder changed: re-list it
+        self.thread = threading.Thread(target=self._loop, name="segue-engine", daemon=True)
+
+    def _first_id(self) -> int:
+        taken = [int(p.name[:4]) for p in self.cfg.takes_dir.glob("[0-9][0-9][0-9][0-9]-*.json")]
+        return max(taken, default=0) + 1
+
+    # -- any thread -------------------------------------------------------------------------------------------------
+    def submit(self, cmd: Command) -> int:
+        """Queue a command; returns its id at once (the id of the take it makes, for take commands)."""
+        rid = next(self.ids)
+        self.inbox.put((rid, cmd, time.monotonic()))
+        self._wake.set()
+        return rid
+
+    def status(self) -> dict:
+        return self._status
+
+    def takes(self) -> list[dict]:
+        return self._takes
+
+    def start(self) -> None:
+        self.audio.start()
+        self._publish_state()
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop the loop, finalize every take's files, close the audio."""
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        for run in self.runs:
+            self._finish(run, "stopped")
+        self.runs.clear()
+        self.audio.close()
+
+    # -- warm-up --------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def warm_up(self, seconds: float = 1.0) -> None:
+        """Run a short take and a continuation once (kernels, allocator, text encoder) and measure the rate."""
+        frames = max(2, round(seconds * self.model.frame_rate))
+        t = time.monotonic()
+        take = Take(self.model, "warm up", None, frames, SamplingParams(seed=0), self.cfg.chunk_frames)
+        first = None
+        for _ in take:
+            first = first or time.monotonic() - t
+        took = time.monotonic() - t
+        take = Take(self.model, None, take.model.encode(torch.zeros(1, self.model.channels, self.model.hop_length * 4,
+                                                                    device=self.model.device)), frames,
+                    SamplingParams(seed=0), self.cfg.chunk_frames)
+        for _ in take:
+            pass
+        self.rate = frames / self.model.frame_rate / max(took, 1e-6)
+        self.first_latency = first or took
+
+    # -- engine thread ----------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                self._drain()
+                worked = self._generate()
+                if self.cfg.pace != "asap":
+                    self.mixer.mix(self.horizon)
+                self._retire()
+                self._publish_state()
+            except Exception as exc:  # a bug must not take the daemon down: report it and go on
+                log.exception("engine loop")
+                self.emit(dict(event="error", id=None, code=INTERNAL, message=f"internal error: {exc}"))
+                worked = False
+            dt = time.monotonic() - t0
+            self.iter_time = max(dt, 0.9 * self.iter_time)
+            # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least 100 ms.
+            self.horizon = int(min(self.mixer.max_horizon, max(0.1 * self.sr, 3 * self.iter_time * self.sr)))
+            if not worked:
+                self._wake.wait(timeout=max(0.002, 0.25 * self.horizon / self.sr))
+                self._wake.clear()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                rid, cmd, t = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._handle(rid, cmd, t)
+            except CommandError as exc:
+                self.emit(dict(event="error", id=rid, code=exc.code, message=exc.message))
+            except SegueError as exc:
+                self.emit(dict(event="error", id=rid, code=MODEL_ERROR, message=str(exc)))
+
+    def _handle(self, rid: int, cmd: Command, t: float) -> None:
+        if isinstance(cmd, (Generate, Continue)):
+            self._new_take(rid, cmd, t)
+        elif isinstance(cmd, Retry):
+            self._retry(rid, cmd, t)
+        elif isinstance(cmd, Stop):
+            self._stop_takes(rid, cmd)
+        elif isinstance(cmd, Set):
+            self._set(rid, cmd)
+        elif isinstance(cmd, Tempo):
+            self.grid = self.grid.retempo(self.audio.now(), cmd.bpm, cmd.beats_per_bar, cmd.beat)
+            self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm,
+                           beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor))
+        elif isinstance(cmd, (Status, Takes)):
+            self.emit(dict(event="done", id=rid, cmd=type(cmd).__name__.lower()))
+
+    # -- takes ------------------------------------------------------------------------------------------------------
+    def _take_audio(self, tid: int) -> tuple[np.ndarray, int] | None:
+        for path in self.cfg.takes_dir.glob(f"{tid:04d}-*.wav"):
+            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+            return data.T.copy(), sr
+        return None
+
+    def _length_samples(self, length: Length) -> int | None:
+        if length.endless:
+            return None
+        n = round(length.seconds * self.sr) if length.seconds is not None else self.grid.bars(length.bars)
+        return max(1, n)
+
+    def _frames_for(self, samples: int | None) -> int | None:
+        if samples is None:
+            return None
+        # one frame of margin: the resampler's output for the last frame must cover the exact length
+        return math.ceil(samples * self.model.sample_rate / self.sr / self.model.hop_length) + 1
+
+    def _new_take(self, rid: int, cmd: Generate | Continue, t: float) -> None:
+        d = self.defaults
+        text = cmd.prompt if cmd.prompt is not None else d.prompt
+        length = d.length(cmd.length)
+        samples = self._length_samples(length)
+        meta = dict(cmd=type(cmd).__name__.lower(), prompt=text, length=asdict(length))
+        prompt = None
+        if isinstance(cmd, Continue):
+            pcm, sr, desc = prompt_audio(cmd.source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
+                                         folders=self.folders, default_seconds=d.prompt_seconds,
+                                         default_bars=d.prompt_bars)
+            prompt = encode_prompt(self.model, pcm, sr, None)
+            meta.update(desc, prompt_frames=int(prompt.shape[-1]))
+        sampling = d.sampling(cmd.sampling, cmd.seed)
+        take = Take(self.model, text, prompt, self._frames_for(samples), sampling, self.cfg.chunk_frames)
+        self._launch(rid, meta["cmd"], take, cmd.start, cmd.lane, samples, meta, t)
+
+    def _retry(self, rid: int, cmd: Retry, t: float) -> None:
+        tid = cmd.take if cmd.take is not None else max(self.snapshots, default=None)
+        if tid is None or tid not in self.snapshots:
+            raise CommandError(NO_SUCH_TAKE, f"take {tid} has no saved prompt state (only this session's recent "
+                                             "takes can be retried); start a new one")
+        snap, meta = self.snapshots[tid]
+        samples = meta["samples"]
+        seed = cmd.seed if cmd.seed is not None else int.from_bytes(os.urandom(4), "little")
+        take = Take.from_snapshot(self.model, snap, self._frames_for(samples), seed, self.cfg.chunk_frames)
+        lane = cmd.lane if cmd.lane is not None else meta["lane"]
+        self._launch(rid, "retry", take, cmd.start, lane, samples, dict(meta["meta"], cmd="retry", retry_of=tid), t)
+
+    def _launch(self, rid: int, kind: str, take: Take, start: Start | None, lane: int, samples: int | None,
+                meta: dict, t: float) -> None:
+        if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
+            raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
+        snap = take.snapshot()
+        self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta))
+        while len(self.snapshots) > 8:
+            del self.snapshots[min(self.snapshots)]
+        start = start or self.defaults.start
+        lead = self._lead(samples)
+        earliest = self.mixer.next_free + round(lead * self.sr)
+        at, late = self.grid.resolve(start, earliest)
+        unpaced, _ = self.grid.resolve(start, self.mixer.next_free + round(self.first_latency * self.sr))
+        held = (at - unpaced) / self.sr
+        fade = round(self.cfg.crossfade * self.sr)
+        old = self.mixer.lane_voice(lane)
+        voice = Voice(rid, lane, at, fade_in=fade if old is not None else 0)
+        if old is not None:
+            old.stop(at, fade)
+        m = self.model
+        meta = dict(meta, model=m.info.ref, seed=take.seed, sampling=asdict(take.stream.sampling), lane=lane,
+                    start=at, start_request=start.describe(), sample_rate=self.sr,
+                    tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
+                    requested_at=t, held_back_s=round(held, 3))
+        files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta)
+        run = Run(rid, kind, take, snap, voice, files, samples, self.sr, m, self.audio.out_channels,
+                  round(self.cfg.end_fade * self.sr), meta)
+        self.runs.append(run)
+        self._changed = True
+        if self.cfg.pace != "asap":
+            self.mixer.voices.append(voice)
+        self.emit(dict(event="queued", id=rid, cmd=kind, start=at, seed=take.seed, path=str(files.wav_path),
+                       held_back_s=round(held, 3), late=late, lead_s=round(lead, 3),
+                       realtime=self.rate >= 1.0))
+
+    def _lead(self, samples: int | None) -> float:
+        """Seconds between now and the first sample so that the take never runs dry (pacing)."""
+        busy = 1 + sum(r.generating for r in self.runs)
+        rate = self.rate / busy  # takes share the engine
+        lead = 1.5 * self.first_latency + 0.05
+        if samples is not None and rate < 1.0:
+            lead += samples / self.sr * (1.0 / rate - 1.0) * 1.1
+        return lead
+
+    def _generate(self) -> bool:
+        """One step for every take that still needs audio; True if any work was done."""
+        worked = False
+        playhead = self.audio.bus.read_pos
+        for run in self.runs:
+            if not run.generating:
+                continue
+            v = run.voice
+            end = v.end
+            if (end is not None and v.queued_end >= end) or (run.total is None and self.cfg.pace != "asap"
+                                                             and v.queued_end - playhead > self.cfg.max_lead * self.sr):
+                if end is not None and v.queued_end >= end:
+                    run.generating = False  # stopped: nothing more will be heard
+                    v.complete = True
+                continue
+            try:
+                self._pump(run)
+            except Exception as exc:
+                log.exception("take %s", run.id)
+                run.generating = False
+                v.complete = True
+                self.emit(dict(event="error", id=run.id, code=MODEL_ERROR, message=f"generation failed: {exc}"))
+            worked = True
+        return worked
+
+    def _pump(self, run: Run) -> None:
+        take = run.take
+        t = time.monotonic()
+        pcm = take.pump()
+        if pcm is None:
+            return
+        last = take.done
+        x = run.to_device(pcm, last)
+        new_codes = take.codes[run.codes_written:]
+        run.codes_written = len(take.codes)
+        codes = np.concatenate([c.numpy() for c in new_codes], axis=1) if new_codes else None
+        run.files.write(x, codes)
+        run.voice.push(x)
+        if run.first_audio is None:
+            run.first_audio = t
+        if last or (run.total is not None and run.release.out >= run.total):
+            run.generating = False
+            run.voice.complete = True
+        generated = run.voice.queued_end - run.voice.start
+        if generated >= run.next_progress * self.sr:
+            run.next_progress += 1.0
+            self.emit(dict(event="progress", id=run.id, generated_s=round(generated / self.sr, 3),
+                           played_s=round(max(0, self.audio.bus.read_pos - run.voice.start) / self.sr, 3)))
+        if self.cfg.pace == "asap":
+            run.voice.pos = run.voice.queued_end
+            run.voice.chunks.clear()
+
+    def _retire(self) -> None:
+        """Events for takes that started playing or ended; files of ended takes are finalized."""
+        pos = self.audio.bus.read_pos
+        for run in list(self.runs):
+            v = run.voice
+            if run.state == "queued" and (pos >= v.start or self.cfg.pace == "asap"):
+                run.state = "started"
+                self.emit(dict(event="started", id=run.id, start=v.start))
+            done = (not run.generating and v.complete) if self.cfg.pace == "asap" else (v.finished and pos >= v.end)
+            if done:
+                self._finish(run, "stopped" if v.stop_at is not None and v.stop_at < v.queued_end else "done")
+                self.runs.remove(run)
+
+    def _finish(self, run: Run, state: str) -> None:
+        v = run.voice
+        run.files.close(state=state, dropped=v.dropped, first_audio_s=None if run.first_audio is None else
+                        round(run.first_audio - run.created, 4))
+        self._changed = True
+        self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
+                       samples=run.files.samples, frames=run.files.codes.frames, dropped=v.dropped))
+
+    def _stop_takes(self, rid: int, cmd: Stop) -> None:
+        runs = [r for r in self.runs if cmd.take is None or r.id == cmd.take]
+        if cmd.take is not None and not runs:
+            raise CommandError(NO_SUCH_TAKE, f"take {cmd.take} is not playing")
+        at = self.mixer.next_free
+        for r in runs:
+            r.voice.stop(at, round(cmd.fade * self.sr))
+        self.emit(dict(event="done", id=rid, cmd="stop", takes=[r.id for r in runs], at=at))
+
+    def _set(self, rid: int, cmd: Set) -> None:
+        values = dict(cmd.values)
+        d = self.defaults
+        if "seconds" in values:
+            d.bars, d.endless = None, False
+        if "bars" in values:
+            d.seconds, d.endless = None, False
+        if "prompt_seconds" in values:
+            d.prompt_bars = None
+        for k, v in values.items():
+            setattr(d, k, v)
+        if {"temperature", "top_k", "top_p", "cfg"} & values.keys():
+            for r in self.runs:  # a knob moves the music while it plays, from the next step
+                s = r.take.stream.sampling
+                r.take.stream.set_sampling(replace(s, temperature=values.get("temperature", s.temperature),
+                                                   top_k=values.get("top_k", s.top_k),
+                                                   top_p=values.get("top_p", s.top_p),
+                                                   cfg_coef=values.get("cfg", s.cfg_coef)))
+        self.emit(dict(event="done", id=rid, cmd="set", values={k: (v.describe() if isinstance(v, Start) else v)
+                                                                 for k, v in values.items()}))
+
+    def _publish_state(self) -> None:
+        m = self.model
+        d = self.defaults
+        self._status = dict(
+            model=m.info.ref, kind=m.info.kind, device=str(m.device), dtype=str(m.lm.dtype).replace("torch.", ""),
+            model_rate=m.sample_rate, audio=self.audio.status(), pace=self.cfg.pace,
+            rate=round(self.rate, 3), realtime=self.rate >= 1.0, first_chunk_s=round(self.first_latency, 3),
+            horizon_ms=round(1000 * self.horizon / self.sr, 1),
+            tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar,
+                       beat=round(self.grid.beat_at(self.audio.now()), 3)),
+            takes=[dict(id=r.id, state=r.state, start=r.voice.start, generating=r.generating, lane=r.voice.lane)
+                   for r in self.runs],
+            defaults={k: (v.describe() if isinstance(v, Start) else v) for k, v in asdict(d).items()
+                      if k != "start"} | dict(start=d.start.describe()),
+            takes_dir=str(self.cfg.takes_dir))
+        if self._changed:
+            self._takes = list_takes(self.cfg.takes_dir, 50)
+            self._changed = False

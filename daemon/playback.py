@@ -1,0 +1,169 @@
+"""From takes to the mix bus: each playing take is a `Voice` (its audio queued at clock positions, with fades),
+and the `Mixer` sums the voices into the bus a short horizon ahead of the playhead.
+
+Only the engine thread touches these objects. The horizon is kept short (a few engine iterations) so that `stop`
+and crossfades act within it: a take's audio waits in its voice, not in the bus.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import numpy as np
+
+from segue.daemon.rings import MixBus
+
+
+def _ramp(at: int, n: int, start: int, length: int, rising: bool) -> np.ndarray:
+    """Gains for clock samples [at, at + n) of a linear ramp over [start, start + length)."""
+    if length <= 0:
+        g = (np.arange(at, at + n) >= start).astype(np.float32)
+    else:
+        g = np.clip((np.arange(at, at + n, dtype=np.float64) - start + 0.5) / length, 0.0, 1.0).astype(np.float32)
+    return g if rising else 1.0 - g
+
+
+class Voice:
+    """One take's audio on its way out: chunks [n, C] at the device rate, in order, from clock sample `start`."""
+
+    def __init__(self, take_id: int, lane: int, start: int, fade_in: int = 0):
+        self.take_id, self.lane, self.start, self.fade_in = take_id, lane, start, fade_in
+        self.chunks: deque[np.ndarray] = deque()
+        self.head = 0  # samples of chunks[0] already consumed
+        self.queued_end = start  # clock sample after the last queued one
+        self.pos = start  # next clock sample the mixer takes from this voice
+        self.complete = False  # nothing more will be queued
+        self.stop_at: int | None = None
+        self.fade_out = 0
+        self.dropped = 0  # samples that came after their time (the take ran dry there)
+
+    def push(self, pcm: np.ndarray) -> None:
+        if len(pcm):
+            self.chunks.append(pcm)
+            self.queued_end += len(pcm)
+
+    def stop(self, at: int, fade: int) -> None:
+        """Fade out over `fade` samples from clock sample `at` (an earlier stop wins)."""
+        at = max(at, self.start)
+        if self.stop_at is None or at + fade < self.stop_at + self.fade_out:
+            self.stop_at, self.fade_out = at, fade
+
+    @property
+    def end(self) -> int | None:
+        """Clock sample where it falls silent for good, when known."""
+        ends = []
+        if self.stop_at is not None:
+            ends.append(self.stop_at + self.fade_out)
+        if self.complete:
+            ends.append(self.queued_end)
+        return min(ends) if ends else None
+
+    @property
+    def finished(self) -> bool:
+        end = self.end
+        return end is not None and self.pos >= end
+
+    def needs_audio_until(self) -> int | None:
+        """Clock sample up to which the mixer would wait for this voice (None: it waits for nothing)."""
+        if self.complete:
+            return None
+        end = self.end
+        return self.queued_end if end is None or self.queued_end < end else None
+
+    def _take(self, n: int) -> np.ndarray:
+        """The next n queued samples [n, C] (fewer when the queue runs out)."""
+        parts, need = [], n
+        while need and self.chunks:
+            c = self.chunks[0]
+            k = min(need, len(c) - self.head)
+            parts.append(c[self.head : self.head + k])
+            self.head += k
+            need -= k
+            if self.head == len(c):
+                self.chunks.popleft()
+                self.head = 0
+        if not parts:
+            return np.zeros((0, 0), np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def render(self, out: np.ndarray, at: int) -> bool:
+        """Add this voice's samples for clock [at, at + len(out)) into `out`; True if it made any sound."""
+        n = len(out)
+        if at > self.pos:  # the mixer moved on without this voice: those samples are lost
+            lost = self._take(at - self.pos)
+            self.dropped += len(lost)
+            self.pos = at
+        lo = max(at, self.pos)
+        end = self.end
+        hi = at + n if end is None else min(at + n, end)
+        if hi <= lo:
+            return False
+        pcm = self._take(hi - lo)
+        got = len(pcm)
+        self.pos = hi
+        if got < hi - lo:
+            self.dropped += hi - lo - got
+        if not got:
+            return False
+        seg = out[lo - at : lo - at + got]
+        gain = None
+        if self.fade_in and lo < self.start + self.fade_in:
+            gain = _ramp(lo, got, self.start, self.fade_in, rising=True)
+        if self.stop_at is not None and lo + got > self.stop_at:
+            g = _ramp(lo, got, self.stop_at, self.fade_out, rising=False)
+            gain = g if gain is None else gain * g
+        seg += pcm if gain is None else pcm * gain[:, None]
+        return True
+
+
+class Mixer:
+    """Sums the voices into the bus, from where the bus is filled up to `horizon` samples ahead of the playhead.
+
+    A voice whose audio is late holds the mix back while the bus still has `guard` samples in hand; after that
+    the mix goes on without it (its late samples are dropped and counted) so that other voices never stall.
+    """
+
+    def __init__(self, bus: MixBus, guard: int, max_horizon: int,
+                 publish: Callable[[int, np.ndarray], None] | None = None):
+        self.bus, self.guard = bus, guard
+        self.voices: list[Voice] = []
+        self.scratch = np.zeros((max_horizon, bus.buf.shape[1]), dtype=np.float32)
+        self.max_horizon = max_horizon
+        self.publish = publish
+
+    @property
+    def next_free(self) -> int:
+        """First clock sample not yet in the bus: the earliest a new take or a fade can act."""
+        return max(self.bus.filled, self.bus.read_pos + self.guard)
+
+    def mix(self, horizon: int) -> None:
+        bus = self.bus
+        start = self.next_free
+        target = bus.read_pos + min(horizon, self.max_horizon)
+        end = target
+        for v in self.voices:
+            need = v.needs_audio_until()
+            if need is not None and v.start < end:
+                end = min(end, max(need, v.start))
+        if end <= start:
+            if bus.filled - bus.read_pos > self.guard:
+                return  # still in hand: wait for the late voice
+            end = min(target, start + self.guard)  # about to run dry: go on without it
+        if end <= start:
+            return
+        out = self.scratch[: end - start]
+        out.fill(0.0)
+        sounding = False
+        for v in self.voices:
+            if v.start < end and not v.finished:
+                sounding |= v.render(out, start)
+        bus.write(start, out)
+        if sounding and self.publish is not None:
+            self.publish(start, out)
+        self.voices = [v for v in self.voices if not v.finished]
+
+    def lane_voice(self, lane: int) -> Voice | None:
+        """The voice that will be sounding last on `lane` (the one a new take there replaces)."""
+        live = [v for v in self.voices if v.lane == lane and v.stop_at is None]
+        return max(live, key=lambda v: v.start) if live else None

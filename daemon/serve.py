@@ -1,0 +1,106 @@
+"""`segue serve`: settings (TOML file, then flags), load once, warm up, run the engine and transports until a
+signal, then finalize every take and exit cleanly."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from segue.daemon.audio_io import AudioConfig, open_audio
+from segue.daemon.engine import Engine, EngineConfig
+from segue.daemon.zmq_transport import ZmqServer
+from segue.models.errors import SegueError
+
+log = logging.getLogger("segue.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model: str = "facebook/musicgen-small"
+    device: str = "auto"
+    dtype: str = "auto"
+    audio_device: str | None = None
+    sample_rate: int | None = None
+    block_size: int = 256
+    input_channels: int = 2
+    output_channels: int = 2
+    zmq: str = "tcp://127.0.0.1:5555"
+    pub: str = "tcp://127.0.0.1:5556"
+    takes: str = "takes"
+    allow: tuple[str, ...] = ()
+    pace: str = "realtime"
+    chunk_frames: int = 5
+
+
+class SettingsError(SegueError):
+    pass
+
+
+def load_settings(config: str | None, flags: dict) -> ServeSettings:
+    """Defaults <- the TOML file's keys (same names as the flags, with '_' or '-') <- flags given."""
+    values: dict = {}
+    names = {f.name for f in dataclasses.fields(ServeSettings)}
+    if config:
+        try:
+            data = tomllib.loads(Path(config).read_text())
+        except OSError as exc:
+            raise SettingsError(f"cannot read the config file {config} ({exc.strerror})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{config} is not valid TOML ({exc}); fix the file") from exc
+        data = data.get("serve", data)
+        for k, v in data.items():
+            key = k.replace("-", "_")
+            if key not in names:
+                raise SettingsError(f"{config}: unknown setting '{k}'; known: {', '.join(sorted(names))}")
+            values[key] = tuple(v) if isinstance(v, list) else v
+    values.update({k: v for k, v in flags.items() if v is not None and k in names})
+    s = ServeSettings(**values)
+    if s.pace not in ("realtime", "asap"):
+        raise SettingsError(f"pace must be 'realtime' or 'asap', got {s.pace!r}")
+    if not 16 <= s.block_size <= 8192:
+        raise SettingsError(f"block size {s.block_size} is out of range (16 to 8192 samples)")
+    for ep in (s.zmq, s.pub):
+        if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
+            log.warning("listening on %s: reachable from the network", ep)
+    return s
+
+
+def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
+    from segue.models.loading.builder import load_model, parse_device, resolve_dtype
+
+    device = parse_device(s.device)
+    model = load_model(s.model, device, resolve_dtype(s.dtype, device))
+    if model.lm is None:
+        raise SettingsError(f"{s.model} has no language model; serve a MusicGen or AudioGen model")
+    audio_device = "none" if s.pace == "asap" else s.audio_device
+    audio = open_audio(AudioConfig(audio_device, s.sample_rate, s.block_size, s.input_channels, s.output_channels),
+                       fallback_rate=48000)
+    cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace)
+    zmq_server = None
+    engine = Engine(model, audio, cfg, emit=lambda ev: zmq_server and zmq_server.event(ev))
+    engine.warm_up()
+    zmq_server = ZmqServer(engine, s.zmq, s.pub)
+    engine.mixer.publish = zmq_server.audio
+    stop = stop or threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        engine.start()
+        zmq_server.start()
+        st = audio.status()
+        ready(f"segue ready: model {model.info.ref} ({model.info.kind}, {model.sample_rate} Hz) on {model.device}"
+              f" | audio {st['audio_device']} {audio.sample_rate} Hz, block {audio.block}, "
+              f"latency out {1000 * audio.output_latency / audio.sample_rate:.1f} ms "
+              f"in {1000 * audio.input_latency / audio.sample_rate:.1f} ms"
+              f" | {engine.rate:.2f}x real time, first chunk {1000 * engine.first_latency:.0f} ms"
+              f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint} | takes {cfg.takes_dir}", flush=True)
+        stop.wait()
+    finally:
+        zmq_server.close()
+        engine.close()

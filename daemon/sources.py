@@ -1,0 +1,100 @@
+"""Where a continuation's prompt comes from: the live input, a previous take, an audio file, or client PCM.
+
+Each resolves to LM codes [1, K, T] at the model's frame rate, at most the longest prompt the model's context
+takes (the newest part is kept). Runs on the engine thread (encoding is model work).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segue.daemon.audio_io import Audio
+from segue.daemon.clock import Grid
+from segue.daemon.vocabulary import (BAD_AUDIO, NO_INPUT, NO_SUCH_TAKE, PATH_NOT_ALLOWED, CommandError, FileSource,
+                                     LiveSource, PcmSource, Source, TakeSource)
+from segue.models.audio import read_audio, to_model_audio
+from segue.models.errors import AudioInputError
+from segue.models.generation import max_prompt_seconds
+from segue.models.musicgen import MusicGen
+
+
+def allowed_path(path: str, folders: tuple[Path, ...]) -> Path:
+    """`path` resolved, if it lies inside one of `folders` (relative paths are taken in the first one)."""
+    p = Path(path)
+    if not p.is_absolute() and folders:
+        p = folders[0] / p
+    p = p.resolve()
+    for f in folders:
+        if p.is_relative_to(f.resolve()):
+            return p
+    names = ", ".join(str(f) for f in folders) or "none configured"
+    raise CommandError(PATH_NOT_ALLOWED, f"{path} is outside the folders segue may read ({names}); copy the file "
+                                         "there or add its folder with --allow")
+
+
+def live_span(audio: Audio, grid: Grid, src: LiveSource, default_seconds: float,
+              default_bars: float | None) -> tuple[int, int]:
+    """Input-ring samples [start, stop) holding the requested part of what was just played.
+
+    `last_bars` takes whole bars ending on the latest bar line the input has fully recorded, so the prompt (and
+    the continuation after it) keeps the song's phase. The recorded input lags what is heard by the round trip.
+    """
+    rt = audio.output_latency + audio.input_latency
+    end = audio.input.end
+    bars = src.bars if src.bars is not None else (default_bars if src.seconds is None else None)
+    if bars is not None:
+        stop_heard = grid.last_bar(end - rt)
+        start = stop_heard - grid.bars(bars) + rt
+        stop = stop_heard + rt
+    else:
+        secs = src.seconds if src.seconds is not None else default_seconds
+        start, stop = end - round(secs * audio.sample_rate), end
+    if start < 0 or start < end - audio.input.capacity + 1024:
+        have = end / audio.sample_rate
+        raise CommandError(NO_INPUT, f"the live input holds {have:.1f} s; ask for a shorter prompt or play longer")
+    return start, stop
+
+
+def prompt_audio(source: Source, *, audio: Audio, grid: Grid, take_audio, folders: tuple[Path, ...],
+                 default_seconds: float, default_bars: float | None) -> tuple[np.ndarray, int, dict]:
+    """(samples [C, n], their rate, a description for the take's sidecar)."""
+    if isinstance(source, LiveSource):
+        start, stop = live_span(audio, grid, source, default_seconds, default_bars)
+        if audio.in_channels == 0:
+            raise CommandError(NO_INPUT, "this daemon has no audio input (--audio-device none or an output-only "
+                                         "device); continue a take, a file or PCM instead")
+        return audio.input.read(start, stop), audio.sample_rate, dict(source="live", input_start=start,
+                                                                      input_stop=stop)
+    if isinstance(source, TakeSource):
+        found = take_audio(source.take)
+        if found is None:
+            raise CommandError(NO_SUCH_TAKE, f"there is no take {source.take}; `takes` lists them")
+        pcm, sr = found
+        return pcm, sr, dict(source="take", take=source.take)
+    if isinstance(source, FileSource):
+        path = allowed_path(source.path, folders)
+        try:
+            pcm, sr = read_audio(path)
+        except AudioInputError as exc:
+            raise CommandError(BAD_AUDIO, str(exc)) from exc
+        return pcm, sr, dict(source="file", path=str(path))
+    assert isinstance(source, PcmSource)
+    return source.audio, source.sample_rate, dict(source="pcm", samples=source.audio.shape[1],
+                                                  sample_rate=source.sample_rate)
+
+
+def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int, seconds: float | None) -> torch.Tensor:
+    """Audio [C, n] at `sr` -> codes [1, K, T]: the last `seconds` (and at most what the context takes)."""
+    limit = max_prompt_seconds(model)
+    keep = min(seconds, limit) if seconds is not None else limit
+    n = pcm.shape[1]
+    pcm = pcm[:, max(0, n - math.ceil(keep * sr)) :]
+    if pcm.shape[1] < sr / model.frame_rate:
+        raise CommandError(BAD_AUDIO, f"the prompt audio is shorter than one frame ({1 / model.frame_rate:g} s)")
+    x = to_model_audio(pcm, sr, model.sample_rate, model.channels)  # [C, N]
+    codes = model.encode(x[None].to(model.device))  # [1, K, T]
+    return codes[..., -int(limit * model.frame_rate):]

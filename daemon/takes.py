@@ -1,0 +1,93 @@
+"""Takes on disk, written while they play: `NNNN-kind.wav` (float, device rate), `NNNN-kind.codes.npy` (the new
+frames [K, T], int16) and `NNNN-kind.json` (what made it, and how it went).
+
+Every chunk is flushed as it is written and each file is valid after every flush (the WAV header is updated by
+libsndfile on flush; the .npy header is rewritten in place), so a crash loses at most the last chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+_NPY_HEADER = 128  # bytes: magic + version + length + dict, padded (fixed, so it can be rewritten in place)
+
+
+class CodesFile:
+    """An .npy file of int16 codes [K, T] that grows a frame at a time (stored column-major: frame after frame)."""
+
+    def __init__(self, path: Path, n_q: int):
+        self.path, self.n_q, self.frames = path, n_q, 0
+        self.f = open(path, "wb")
+        self._header()
+
+    def _header(self) -> None:
+        d = f"{{'descr': '<i2', 'fortran_order': True, 'shape': ({self.n_q}, {self.frames}), }}"
+        pad = _NPY_HEADER - 10 - len(d) - 1
+        self.f.seek(0)
+        self.f.write(b"\x93NUMPY\x01\x00" + (_NPY_HEADER - 10).to_bytes(2, "little") + (d + " " * pad + "\n").encode())
+
+    def write(self, codes: np.ndarray) -> None:
+        """codes [K, n] -> appended."""
+        if codes.shape[1] == 0:
+            return
+        self.f.seek(0, os.SEEK_END)
+        self.f.write(np.asfortranarray(codes.astype("<i2")).tobytes(order="F"))
+        self.frames += codes.shape[1]
+        self._header()
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class TakeFiles:
+    def __init__(self, folder: Path, take_id: int, kind: str, sample_rate: int, channels: int, n_q: int,
+                 meta: dict):
+        self.stem = folder / f"{take_id:04d}-{kind}"
+        self.wav_path = self.stem.with_suffix(".wav")
+        self.codes_path = self.stem.with_suffix(".codes.npy")
+        self.json_path = self.stem.with_suffix(".json")
+        self.wav = sf.SoundFile(str(self.wav_path), "w", samplerate=sample_rate, channels=channels,
+                                subtype="FLOAT", format="WAV")
+        self.codes = CodesFile(self.codes_path, n_q)
+        self.meta = dict(meta, id=take_id, wav=self.wav_path.name, codes=self.codes_path.name, state="playing",
+                         samples=0, frames=0)
+        self.samples = 0
+        self.save_meta()
+
+    def write(self, pcm: np.ndarray, codes: np.ndarray | None) -> None:
+        """pcm [n, C] at the device rate; codes [K, m] new frames."""
+        if len(pcm):
+            self.wav.write(pcm)
+            self.wav.flush()
+            self.samples += len(pcm)
+        if codes is not None:
+            self.codes.write(codes)
+
+    def save_meta(self, **updates) -> None:
+        self.meta.update(updates, samples=self.samples, frames=self.codes.frames)
+        tmp = self.json_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.meta, indent=1, default=str))
+        os.replace(tmp, self.json_path)
+
+    def close(self, **updates) -> None:
+        self.wav.close()
+        self.codes.close()
+        self.save_meta(**updates)
+
+
+def list_takes(folder: Path, limit: int = 100) -> list[dict]:
+    """The newest takes' sidecars (newest first)."""
+    out = []
+    for p in sorted(folder.glob("[0-9][0-9][0-9][0-9]-*.json"), reverse=True)[:limit]:
+        try:
+            out.append(json.loads(p.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+

@@ -1,0 +1,360 @@
+"""The one command vocabulary of the daemon: typed, validated commands, shared by every transport.
+
+A transport (ZeroMQ now; OSC and MIDI later) turns its wire format into a plain dict and calls `parse`; it gets a
+frozen command object or a `CommandError` with a machine-readable code and a sentence for a human. Nothing here
+touches the model: parsing is cheap and safe to run on a transport thread.
+
+Wire form (JSON over ZeroMQ):
+    {"cmd": "continue", "source": "live", "last_bars": 2, "start": "next_bar", "bars": 2}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+# Error codes (stable: clients switch on them).
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+UNKNOWN_COMMAND = "unknown_command"
+UNKNOWN_FIELD = "unknown_field"
+MISSING = "missing"
+BAD_TYPE = "bad_type"
+OUT_OF_RANGE = "out_of_range"
+TOO_LARGE = "too_large"
+PATH_NOT_ALLOWED = "path_not_allowed"
+BAD_AUDIO = "bad_audio"
+NO_SUCH_TAKE = "no_such_take"
+NO_INPUT = "no_input"
+MODEL_ERROR = "model_error"
+INTERNAL = "internal"
+
+MAX_SECONDS = 3600.0
+MAX_BARS = 1000
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+FADE_MAX = 10.0
+STARTS = ("now", "next_beat", "next_bar")
+SOURCES = ("live", "take", "file", "pcm")
+
+
+class CommandError(Exception):
+    """A request the daemon refuses; `code` is one of the constants above."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- value types ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start:
+    """When playback starts: `at` is 'now', 'next_beat', 'next_bar', or None with `sample` an absolute clock time."""
+
+    at: str | None = "next_bar"
+    sample: int | None = None
+
+    def describe(self) -> str:
+        return self.at if self.at is not None else f"sample {self.sample}"
+
+
+@dataclass(frozen=True)
+class Length:
+    """How long a take lasts: seconds, bars at the tempo in force when it starts, or endless (until `stop`)."""
+
+    seconds: float | None = None
+    bars: float | None = None
+
+    @property
+    def endless(self) -> bool:
+        return self.seconds is None and self.bars is None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling overrides; None = the session default."""
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    cfg: float | None = None
+
+
+@dataclass(frozen=True)
+class LiveSource:
+    """The last `seconds` (or `bars`) of the live input."""
+
+    seconds: float | None = None
+    bars: float | None = None
+
+
+@dataclass(frozen=True)
+class TakeSource:
+    take: int
+
+
+@dataclass(frozen=True)
+class FileSource:
+    path: str
+
+
+@dataclass(frozen=True, eq=False)
+class PcmSource:
+    """Audio sent by the client: float32 [channels, n] at `sample_rate`."""
+
+    audio: np.ndarray
+    sample_rate: int
+
+
+Source = Union[LiveSource, TakeSource, FileSource, PcmSource]
+
+
+# -- commands -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Generate:
+    prompt: str | None = None  # None = the session's prompt
+    start: Start | None = None
+    length: Length | None = None  # None = the session's default length
+    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    lane: int = 0  # a new take on a lane that is playing replaces it with a crossfade
+
+
+@dataclass(frozen=True)
+class Continue:
+    source: Source
+    prompt: str | None = None
+    start: Start | None = None
+    length: Length | None = None
+    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    lane: int = 0
+
+
+@dataclass(frozen=True)
+class Stop:
+    take: int | None = None  # None = every take
+    fade: float = 0.05  # seconds
+
+
+@dataclass(frozen=True)
+class Retry:
+    take: int | None = None  # None = the latest take
+    seed: int | None = None
+    start: Start | None = None
+    lane: int | None = None  # None = the lane of the take retried
+
+
+@dataclass(frozen=True)
+class Set:
+    """Session defaults; sampling values also reach the takes playing now, from their next step."""
+
+    values: dict
+
+
+@dataclass(frozen=True)
+class Tempo:
+    bpm: float
+    beats_per_bar: int | None = None
+    beat: float | None = None  # beat position now (0 = a bar line); None keeps the grid's phase
+
+
+@dataclass(frozen=True)
+class Status:
+    pass
+
+
+@dataclass(frozen=True)
+class Takes:
+    pass
+
+
+Command = Union[Generate, Continue, Stop, Retry, Set, Tempo, Status, Takes]
+
+# Keys `set` accepts, with their checkers (the same ones the commands use).
+SET_KEYS = ("prompt", "temperature", "top_k", "top_p", "cfg", "seconds", "bars", "endless", "prompt_seconds",
+            "prompt_bars", "start")
+
+
+# -- field checks ---------------------------------------------------------------------------------------------------
+def _number(name: str, v: Any, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise CommandError(BAD_TYPE, f"'{name}' must be a number, got {type(v).__name__}")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise CommandError(OUT_OF_RANGE, f"'{name}' must be finite, got {v}")
+    if integer:
+        if isinstance(v, float):
+            if not v.is_integer():
+                raise CommandError(BAD_TYPE, f"'{name}' must be a whole number, got {v}")
+            v = int(v)
+    else:
+        v = float(v)
+    if v < lo or v > hi or (lo_open and v == lo):
+        bound = f"above {lo:g}" if lo_open else f"at least {lo:g}"
+        raise CommandError(OUT_OF_RANGE, f"'{name}' must be {bound} and at most {hi:g}, got {v:g}")
+    return v
+
+
+def _text(name: str, v: Any, limit: int = MAX_PROMPT_CHARS) -> str:
+    if not isinstance(v, str):
+        raise CommandError(BAD_TYPE, f"'{name}' must be a string, got {type(v).__name__}")
+    if len(v) > limit:
+        raise CommandError(TOO_LARGE, f"'{name}' is {len(v)} characters; the limit is {limit}")
+    return v
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise CommandError(BAD_TYPE, f"'{name}' must be true or false, got {type(v).__name__}")
+    return v
+
+
+def check_value(key: str, v: Any) -> Any:
+    """One named setting, checked and normalised (used by `set` and by the per-request fields)."""
+    if key == "prompt":
+        return None if v is None else _text(key, v)
+    if key == "temperature":
+        return _number(key, v, 0.0, 100.0)
+    if key == "top_k":
+        return _number(key, v, 0, 1_000_000, integer=True)
+    if key == "top_p":
+        return _number(key, v, 0.0, 1.0)
+    if key == "cfg":
+        return _number(key, v, 0.0, 100.0)
+    if key in ("seconds", "prompt_seconds"):
+        return _number(key, v, 0.0, MAX_SECONDS, lo_open=True)
+    if key in ("bars", "prompt_bars"):
+        return _number(key, v, 0.0, MAX_BARS, lo_open=True)
+    if key == "endless":
+        return _bool(key, v)
+    if key == "start":
+        return _start(v)
+    if key == "seed":
+        return _number(key, v, 0, MAX_SEED, integer=True)
+    if key == "lane":
+        return _number(key, v, 0, 63, integer=True)
+    if key == "take":
+        return _number(key, v, 1, 2**53, integer=True)
+    raise CommandError(UNKNOWN_FIELD, f"unknown setting '{key}'; settable: {', '.join(SET_KEYS)}")
+
+
+def _start(v: Any) -> Start:
+    if isinstance(v, str):
+        if v not in STARTS:
+            raise CommandError(OUT_OF_RANGE, f"'start' must be one of {', '.join(STARTS)} or a clock sample, got {v!r}")
+        return Start(v)
+    return Start(None, _number("start", v, 0, 2**62, integer=True))
+
+
+class _Fields:
+    """The request's fields, consumed one by one so that leftovers can be reported as unknown."""
+
+    def __init__(self, cmd: str, d: dict):
+        self.cmd, self.d = cmd, dict(d)
+
+    def take(self, key: str, required: bool = False, check=None, default=None):
+        if key not in self.d:
+            if required:
+                raise CommandError(MISSING, f"'{self.cmd}' needs '{key}'")
+            return default
+        v = self.d.pop(key)
+        return (check or check_value)(key, v) if v is not None or key == "prompt" else default
+
+    def done(self) -> None:
+        if self.d:
+            raise CommandError(UNKNOWN_FIELD, f"'{self.cmd}' does not take {', '.join(sorted(map(str, self.d)))}")
+
+
+def _length(f: _Fields) -> Length | None:
+    secs, bars, endless = f.take("seconds"), f.take("bars"), f.take("endless")
+    given = sum(x is not None for x in (secs, bars)) + bool(endless)
+    if given > 1:
+        raise CommandError(BAD_REQUEST, "give one of 'seconds', 'bars' or 'endless', not several")
+    if endless:
+        return Length()
+    if secs is None and bars is None:
+        return None
+    return Length(seconds=secs, bars=bars)
+
+
+def _sampling(f: _Fields) -> Sampling:
+    return Sampling(f.take("temperature"), f.take("top_k"), f.take("top_p"), f.take("cfg"))
+
+
+def _source(f: _Fields, pcm: np.ndarray | None) -> Source:
+    kind = f.take("source", required=True, check=lambda k, v: _text(k, v, 16))
+    if kind not in SOURCES:
+        raise CommandError(OUT_OF_RANGE, f"'source' must be one of {', '.join(SOURCES)}, got {kind!r}")
+    if kind == "live":
+        secs = f.take("last_seconds", check=lambda k, v: _number(k, v, 0.0, MAX_SECONDS, lo_open=True))
+        bars = f.take("last_bars", check=lambda k, v: _number(k, v, 0.0, MAX_BARS, lo_open=True))
+        if secs is not None and bars is not None:
+            raise CommandError(BAD_REQUEST, "give 'last_seconds' or 'last_bars', not both")
+        return LiveSource(secs, bars)
+    if kind == "take":
+        return TakeSource(f.take("take", required=True))
+    if kind == "file":
+        return FileSource(f.take("path", required=True, check=lambda k, v: _text(k, v, 4096)))
+    rate = f.take("sample_rate", required=True, check=lambda k, v: _number(k, v, 1000, 384000, integer=True))
+    channels = f.take("channels", default=1, check=lambda k, v: _number(k, v, 1, 2, integer=True))
+    if pcm is None:
+        raise CommandError(MISSING, "source 'pcm' needs the audio as a second message part (float32 samples)")
+    return PcmSource(pcm_from_bytes(pcm, channels), rate)
+
+
+def pcm_from_bytes(raw: bytes | np.ndarray, channels: int) -> np.ndarray:
+    """Interleaved float32 bytes -> [channels, n], refusing what is not finite audio."""
+    if isinstance(raw, np.ndarray):
+        data = raw.astype(np.float32, copy=False).reshape(-1)
+    else:
+        if len(raw) % (4 * channels):
+            raise CommandError(BAD_AUDIO, f"PCM is {len(raw)} bytes, not a whole number of {channels}-channel "
+                                          "float32 frames")
+        data = np.frombuffer(raw, dtype=np.float32)
+    if data.size == 0:
+        raise CommandError(BAD_AUDIO, "the PCM is empty; send at least one frame")
+    if not np.isfinite(data).all():
+        raise CommandError(BAD_AUDIO, "the PCM holds NaN or infinite samples; send finite float32 audio")
+    return data.reshape(-1, channels).T.copy()  # [C, n]
+
+
+def parse(d: Any, pcm: bytes | None = None) -> Command:
+    """A request dict (and, for source 'pcm', its raw float32 payload) -> a typed command."""
+    if not isinstance(d, dict):
+        raise CommandError(BAD_REQUEST, "a request is a JSON object such as {\"cmd\": \"status\"}")
+    cmd = d.get("cmd")
+    if not isinstance(cmd, str):
+        raise CommandError(MISSING, "the request needs a 'cmd' string, e.g. {\"cmd\": \"status\"}")
+    f = _Fields(cmd, {k: v for k, v in d.items() if k != "cmd"})
+    if cmd == "generate":
+        out: Command = Generate(f.take("prompt", default=None), f.take("start"), _length(f), f.take("seed"),
+                                _sampling(f), f.take("lane", default=0))
+    elif cmd == "continue":
+        out = Continue(_source(f, pcm), f.take("prompt", default=None), f.take("start"), _length(f), f.take("seed"),
+                       _sampling(f), f.take("lane", default=0))
+    elif cmd == "stop":
+        out = Stop(f.take("take"), f.take("fade", default=0.05, check=lambda k, v: _number(k, v, 0.0, FADE_MAX)))
+    elif cmd == "retry":
+        out = Retry(f.take("take"), f.take("seed"), f.take("start"), f.take("lane"))
+    elif cmd == "set":
+        values = {k: check_value(k, f.d.pop(k)) for k in list(f.d) if k in SET_KEYS}
+        if not values and not f.d:
+            raise CommandError(MISSING, f"'set' needs at least one of {', '.join(SET_KEYS)}")
+        out = Set(values)
+    elif cmd == "tempo":
+        out = Tempo(f.take("bpm", required=True, check=lambda k, v: _number(k, v, 20.0, 999.0)),
+                    f.take("beats_per_bar", check=lambda k, v: _number(k, v, 1, 32, integer=True)),
+                    f.take("beat", check=lambda k, v: _number(k, v, -1e9, 1e9)))
+    elif cmd == "status":
+        out = Status()
+    elif cmd == "takes":
+        out = Takes()
+    else:
+        raise CommandError(UNKNOWN_COMMAND, f"unknown command {cmd!r}; commands: generate, continue, stop, retry, "
+                                            "set, tempo, status, takes")
+    f.done()
+    return out
