@@ -1,0 +1,146 @@
+"""The engine end to end on the demo model, with the real-time clock of `--audio-device none` and real ZeroMQ
+sockets: ack, events, takes on disk, exactness of the streamed audio, retry, stop, bad input."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+import zmq
+
+from segue.daemon.audio_io import NullAudio
+from segue.daemon.client import Client, DaemonError
+from segue.daemon.engine import Engine, EngineConfig
+from segue.daemon.zmq_transport import ZmqServer
+from segue.models.loading.builder import load_model
+
+RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.fixture
+def daemon(demo, tmp_path):
+    audio = NullAudio(RATE, 2, 256)
+    server = None
+    engine = Engine(demo, audio, EngineConfig(tmp_path / "takes", (tmp_path / "loops",)),
+                    emit=lambda ev: server and server.event(ev))
+    engine.warm_up(0.2)
+    server = ZmqServer(engine, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    engine.mixer.publish = server.audio
+    engine.start()
+    server.start()
+    client = Client(server.endpoint, server.pub_endpoint)
+    import time
+    time.sleep(0.3)  # let the subscription reach the publisher
+    yield engine, server, client
+    client.close()
+    server.close()
+    engine.close()
+
+
+def test_generate_streams_a_take_that_equals_an_offline_decode_of_its_codes(daemon, demo):
+    engine, _, client = daemon
+    reply = client.request("generate", prompt="dub", seconds=1.0, start="now", seed=3)
+    done = client.wait(reply["id"])
+    assert done["state"] == "done" and done["dropped"] == 0
+    pcm, sr = sf.read(done["path"], dtype="float32", always_2d=True)
+    assert sr == RATE and pcm.shape == (RATE, 2)  # exactly the requested length, on the device's channels
+    codes = np.load(done["path"].replace(".wav", ".codes.npy"))
+    assert codes.shape[0] == 4 and codes.shape[1] == done["frames"]
+    offline = demo.decode(torch.from_numpy(codes.astype(np.int64))[None])[0, 0].numpy()  # [N] at 32 kHz
+    offline = soxr.resample(offline, demo.sample_rate, RATE, quality="HQ")
+    fade = round(0.005 * RATE)
+    np.testing.assert_allclose(pcm[: RATE - fade, 0], offline[: RATE - fade], atol=1e-4)
+    meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
+    assert meta["seed"] == 3 and meta["state"] == "done" and meta["samples"] == RATE
+
+
+def test_start_on_the_next_bar_and_length_in_bars(daemon):
+    engine, _, client = daemon
+    client.request("tempo", bpm=240, beats_per_bar=4, beat=0.5)
+    rid = client.request("generate", bars=1, start="next_bar")["id"]
+    queued = client.wait(rid, "queued")
+    grid = engine.grid
+    phase = grid.beat_at(queued["start"]) % 4
+    assert min(phase, 4 - phase) * grid.samples_per_beat <= 0.5  # on a bar line, to the sample
+    done = client.wait(rid)
+    assert done["samples"] == RATE  # one bar at 240 bpm = 1 s
+
+
+def test_continue_pcm_then_retry_gives_another_take_from_the_same_prompt(daemon):
+    engine, _, client = daemon
+    loop = (0.3 * np.sin(np.arange(RATE) * 2 * np.pi * 220 / RATE)).astype(np.float32)
+    rid = client.request("continue", pcm=loop[:, None], source="pcm", sample_rate=RATE, seconds=0.5,
+                         start="now", seed=1)["id"]
+    first = client.wait(rid)
+    rid2 = client.request("retry", take=rid, start="now")["id"]
+    second = client.wait(rid2)
+    a = sf.read(first["path"])[0]
+    b = sf.read(second["path"])[0]
+    assert a.shape == b.shape and not np.allclose(a, b)
+    meta = json.loads(open(second["path"].replace(".wav", ".json")).read())
+    assert meta["retry_of"] == rid and meta["source"] == "pcm"
+
+
+def test_stop_ends_an_endless_take_with_a_valid_file(daemon):
+    _, _, client = daemon
+    rid = client.request("generate", endless=True, start="now")["id"]
+    client.wait(rid, "started")
+    client.request("stop", take=rid, fade=0.05)
+    done = client.wait(rid)
+    assert done["state"] == "stopped"
+    info = sf.info(done["path"])
+    assert info.frames > 0 and info.samplerate == RATE
+
+
+def test_bad_input_is_answered_and_the_daemon_keeps_serving(daemon, tmp_path):
+    engine, server, client = daemon
+    with pytest.raises(DaemonError) as e:
+        client.send_raw([b"{not json"])
+    assert e.value.code == "bad_json"
+    with pytest.raises(DaemonError) as e:
+        client.request("dance")
+    assert e.value.code == "unknown_command"
+    with pytest.raises(DaemonError) as e:
+        client.request("continue", source="pcm", sample_rate=RATE, pcm=np.full((10, 1), np.nan, np.float32))
+    assert e.value.code == "bad_audio"
+    rid = client.request("continue", source="file", path="/etc/passwd")["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "path_not_allowed"
+    rid = client.request("continue", source="take", take=999)["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "no_such_take"
+    assert client.request("status")["status"]["model"] == "demo"
+
+
+def test_many_clients_at_once(daemon):
+    _, server, _ = daemon
+    results = []
+
+    def one(i):
+        c = Client(server.endpoint)
+        try:
+            results.append(c.request("status")["ok"])
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results == [True] * 8
+    # a REQ client (with the empty delimiter) works too
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.connect(server.endpoint)
+    req.send(b'{"cmd": "takes"}')
+    assert req.poll(5000)
+    assert json.loads(req.recv())["ok"]
+    req.close(0)

@@ -1,0 +1,58 @@
+import numpy as np
+
+from segue.daemon.playback import Mixer, Voice
+from segue.daemon.rings import InputRing, MixBus
+
+
+def test_input_ring_keeps_the_latest_samples_across_the_wrap():
+    ring = InputRing(2, 1000 + 1024)
+    x = np.arange(3000 * 2, dtype=np.float32).reshape(3000, 2)
+    for i in range(0, 3000, 128):
+        ring.write(x[i : i + 128])
+    np.testing.assert_array_equal(ring.read(2000, 3000), x[2000:3000].T)
+
+
+def test_bus_plays_what_was_written_and_counts_underruns():
+    bus = MixBus(1, 4096)
+    bus.write(0, np.ones((512, 1), np.float32))
+    out = np.zeros((256, 1), np.float32)
+    bus.play(out)
+    bus.play(out)
+    assert out.sum() == 256 and bus.underruns == 0
+    bus.play(out)
+    assert out.sum() == 0 and bus.underruns == 1  # not filled: silence, counted
+
+
+def test_voice_lands_on_its_start_sample_and_stop_fades_without_a_step():
+    bus = MixBus(1, 48000)
+    mixer = Mixer(bus, guard=256, max_horizon=24000)
+    v = Voice(1, 0, start=1000)
+    v.push(np.ones((20000, 1), np.float32))
+    v.complete = True
+    mixer.voices.append(v)
+    mixer.mix(4000)
+    out = np.zeros((4000, 1), np.float32)
+    bus.play(out)
+    assert out[999, 0] == 0 and out[1000, 0] == 1
+    v.stop(mixer.next_free, 480)
+    for _ in range(10):
+        mixer.mix(4000)
+        bus.play(out)
+    tail = bus.buf[:, 0]
+    assert np.abs(np.diff(tail)).max() <= 1 / 480 + 1e-6  # a ramp, never a click
+    assert not mixer.voices  # finished and dropped
+
+
+def test_late_voice_is_dropped_not_waited_for():
+    bus = MixBus(1, 48000)
+    mixer = Mixer(bus, guard=256, max_horizon=24000)
+    late = Voice(1, 0, start=0)  # nothing queued yet
+    mixer.voices.append(late)
+    out = np.zeros((256, 1), np.float32)
+    mixer.mix(2000)
+    bus.play(out)  # the mixer waited while it could; now the bus is dry
+    mixer.mix(2000)
+    assert bus.filled > bus.read_pos  # it went on without the late voice
+    late.push(np.ones((5000, 1), np.float32))
+    mixer.mix(2000)
+    assert late.dropped > 0

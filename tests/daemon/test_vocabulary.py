@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from segue.daemon import vocabulary as v
+
+
+def test_continue_live_bars_parses_to_typed_command():
+    cmd = v.parse({"cmd": "continue", "source": "live", "last_bars": 2, "start": "next_bar", "bars": 2})
+    assert cmd == v.Continue(v.LiveSource(bars=2.0), start=v.Start("next_bar"), length=v.Length(bars=2.0))
+
+
+def test_every_command_parses():
+    assert isinstance(v.parse({"cmd": "generate", "prompt": "dub", "seconds": 4, "start": 96000}), v.Generate)
+    assert v.parse({"cmd": "generate", "endless": True}).length.endless
+    assert v.parse({"cmd": "stop", "take": 3, "fade": 0.2}) == v.Stop(3, 0.2)
+    assert v.parse({"cmd": "retry"}) == v.Retry()
+    assert v.parse({"cmd": "set", "temperature": 0.7, "top_k": 50.0}).values == {"temperature": 0.7, "top_k": 50}
+    assert v.parse({"cmd": "tempo", "bpm": 128, "beats_per_bar": 3, "beat": 0}) == v.Tempo(128.0, 3, 0.0)
+    assert v.parse({"cmd": "status"}) == v.Status() and v.parse({"cmd": "takes"}) == v.Takes()
+    assert v.parse({"cmd": "continue", "source": "take", "take": 4}).source == v.TakeSource(4)
+    assert v.parse({"cmd": "continue", "source": "file", "path": "a.wav"}).source == v.FileSource("a.wav")
+
+
+def test_pcm_source_is_deinterleaved():
+    pcm = np.arange(8, dtype=np.float32).reshape(4, 2)  # [n, C] interleaved on the wire
+    cmd = v.parse({"cmd": "continue", "source": "pcm", "sample_rate": 44100, "channels": 2}, pcm.tobytes())
+    np.testing.assert_array_equal(cmd.source.audio, pcm.T)
+    assert cmd.source.sample_rate == 44100
+
+
+@pytest.mark.parametrize("request_, code", [
+    ([1, 2], v.BAD_REQUEST),
+    ({}, v.MISSING),
+    ({"cmd": "dance"}, v.UNKNOWN_COMMAND),
+    ({"cmd": "status", "loud": 1}, v.UNKNOWN_FIELD),
+    ({"cmd": "generate", "seconds": "ten"}, v.BAD_TYPE),
+    ({"cmd": "generate", "seconds": True}, v.BAD_TYPE),
+    ({"cmd": "generate", "seconds": -1}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "seconds": 0}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "seconds": 1e9}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "seconds": 2, "bars": 2}, v.BAD_REQUEST),
+    ({"cmd": "generate", "start": "soon"}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "temperature": float("nan")}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "top_k": 2.5}, v.BAD_TYPE),
+    ({"cmd": "generate", "prompt": "x" * 5000}, v.TOO_LARGE),
+    ({"cmd": "continue"}, v.MISSING),
+    ({"cmd": "continue", "source": "radio"}, v.OUT_OF_RANGE),
+    ({"cmd": "continue", "source": "live", "last_bars": 2, "last_seconds": 3}, v.BAD_REQUEST),
+    ({"cmd": "continue", "source": "pcm", "sample_rate": 48000}, v.MISSING),
+    ({"cmd": "set"}, v.MISSING),
+    ({"cmd": "set", "volume": 3}, v.UNKNOWN_FIELD),
+    ({"cmd": "tempo"}, v.MISSING),
+    ({"cmd": "tempo", "bpm": 5000}, v.OUT_OF_RANGE),
+    ({"cmd": "stop", "fade": 60}, v.OUT_OF_RANGE),
+])
+def test_bad_requests_get_a_code_and_a_sentence(request_, code):
+    with pytest.raises(v.CommandError) as err:
+        v.parse(request_)
+    assert err.value.code == code and len(err.value.message) > 10
+
+
+@pytest.mark.parametrize("payload, code", [
+    (b"\x00\x00\x80", v.BAD_AUDIO),  # not whole float32 frames
+    (b"", v.BAD_AUDIO),
+    (np.array([0.1, np.nan], np.float32).tobytes(), v.BAD_AUDIO),
+    (np.array([0.1, np.inf], np.float32).tobytes(), v.BAD_AUDIO),
+])
+def test_bad_pcm_is_refused(payload, code):
+    with pytest.raises(v.CommandError) as err:
+        v.parse({"cmd": "continue", "source": "pcm", "sample_rate": 48000}, payload)
+    assert err.value.code == code
