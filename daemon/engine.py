@@ -32,8 +32,9 @@ from segue.daemon.sources import encode_prompt, prompt_audio
 from segue.daemon.takes import TakeFiles, list_takes
 from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue, Generate,
                                      Length, Retry, Sampling, Set, Start, Status, Stop, Takes, Tempo)
+from segue.models.audio import match_channels
 from segue.models.errors import SegueError
-from segue.models.generation import Take, TakeSnapshot
+from segue.models.generation import Take, TakeSnapshot, prompt_codes
 from segue.models.lm.config import SamplingParams
 from segue.models.musicgen import MusicGen
 
@@ -109,10 +110,9 @@ class _Release:
 class Run:
     """One take inside the engine: generation, resampling, files and voice."""
 
-    def __init__(self, tid: int, kind: str, take: Take, snapshot: TakeSnapshot, voice: Voice, files: TakeFiles,
-                 total: int | None, device_rate: int, model: MusicGen, out_channels: int, end_fade: int, meta: dict):
-        self.id, self.kind, self.take, self.snapshot, self.voice, self.files = tid, kind, take, snapshot, voice, files
-        self.total, self.meta = total, meta
+    def __init__(self, tid: int, kind: str, take: Take, voice: Voice, files: TakeFiles, total: int | None,
+                 device_rate: int, model: MusicGen, out_channels: int, end_fade: int):
+        self.id, self.kind, self.take, self.voice, self.files, self.total = tid, kind, take, voice, files, total
         self.resampler = None if model.sample_rate == device_rate else soxr.ResampleStream(
             model.sample_rate, device_rate, model.channels, dtype="float32", quality="HQ")
         self.release = _Release(total, end_fade)
@@ -129,12 +129,7 @@ class Run:
         x = np.ascontiguousarray(pcm.T)  # [n, C]
         if self.resampler is not None:
             x = self.resampler.resample_chunk(x, last=last)
-        x = self.release.feed(x, last)
-        if x.shape[1] != self.out_channels:
-            x = np.repeat(x.mean(axis=1, keepdims=True), self.out_channels, axis=1) if x.shape[1] == 1 or \
-                self.out_channels == 1 else x[:, : self.out_channels]
-            if self.out_channels == 1:
-                x = x[:, :1]
+        x = match_channels(self.release.feed(x, last).T, self.out_channels).T
         return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -162,6 +157,7 @@ class Engine:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._changed = True  # the takes folder changed: re-list it
+        self._next_status = 0.0
         self.thread = threading.Thread(target=self._loop, name="segue-engine", daemon=True)
 
     def _first_id(self) -> int:
@@ -208,9 +204,9 @@ class Engine:
         for _ in take:
             first = first or time.monotonic() - t
         took = time.monotonic() - t
-        take = Take(self.model, None, take.model.encode(torch.zeros(1, self.model.channels, self.model.hop_length * 4,
-                                                                    device=self.model.device)), frames,
-                    SamplingParams(seed=0), self.cfg.chunk_frames)
+        silence = torch.zeros(self.model.channels, self.model.hop_length * 4)
+        take = Take(self.model, None, prompt_codes(self.model, silence), frames, SamplingParams(seed=0),
+                    self.cfg.chunk_frames)
         for _ in take:
             pass
         self.rate = frames / self.model.frame_rate / max(took, 1e-6)
@@ -226,7 +222,9 @@ class Engine:
                 if self.cfg.pace != "asap":
                     self.mixer.mix(self.horizon)
                 self._retire()
-                self._publish_state()
+                if self._changed or t0 >= self._next_status:
+                    self._publish_state()  # status snapshots for the transports, at most every 20 ms unless a take
+                    self._next_status = t0 + 0.02  # started or ended (building one costs more than a demo step)
             except Exception as exc:  # a bug must not take the daemon down: report it and go on
                 log.exception("engine loop")
                 self.emit(dict(event="error", id=None, code=INTERNAL, message=f"internal error: {exc}"))
@@ -314,13 +312,15 @@ class Engine:
         seed = cmd.seed if cmd.seed is not None else int.from_bytes(os.urandom(4), "little")
         take = Take.from_snapshot(self.model, snap, self._frames_for(samples), seed, self.cfg.chunk_frames)
         lane = cmd.lane if cmd.lane is not None else meta["lane"]
-        self._launch(rid, "retry", take, cmd.start, lane, samples, dict(meta["meta"], cmd="retry", retry_of=tid), t)
+        self._launch(rid, "retry", take, cmd.start, lane, samples, dict(meta["meta"], cmd="retry", retry_of=tid), t,
+                     snap)
 
     def _launch(self, rid: int, kind: str, take: Take, start: Start | None, lane: int, samples: int | None,
-                meta: dict, t: float) -> None:
+                meta: dict, t: float, snap: TakeSnapshot | None = None) -> None:
+        """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
         if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
             raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
-        snap = take.snapshot()
+        snap = snap or take.snapshot()
         self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta))
         while len(self.snapshots) > 8:
             del self.snapshots[min(self.snapshots)]
@@ -341,8 +341,8 @@ class Engine:
                     tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
                     requested_at=t, held_back_s=round(held, 3))
         files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta)
-        run = Run(rid, kind, take, snap, voice, files, samples, self.sr, m, self.audio.out_channels,
-                  round(self.cfg.end_fade * self.sr), meta)
+        run = Run(rid, kind, take, voice, files, samples, self.sr, m, self.audio.out_channels,
+                  round(self.cfg.end_fade * self.sr))
         self.runs.append(run)
         self._changed = True
         if self.cfg.pace != "asap":
@@ -369,12 +369,12 @@ class Engine:
                 continue
             v = run.voice
             end = v.end
-            if (end is not None and v.queued_end >= end) or (run.total is None and self.cfg.pace != "asap"
-                                                             and v.queued_end - playhead > self.cfg.max_lead * self.sr):
-                if end is not None and v.queued_end >= end:
-                    run.generating = False  # stopped: nothing more will be heard
-                    v.complete = True
+            if end is not None and v.queued_end >= end:
+                run.generating = False  # stopped: nothing more will be heard
+                v.complete = True
                 continue
+            if run.total is None and self.cfg.pace != "asap" and v.queued_end - playhead > self.cfg.max_lead * self.sr:
+                continue  # an endless take far enough ahead waits for the playhead
             try:
                 self._pump(run)
             except Exception as exc:

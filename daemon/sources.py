@@ -18,7 +18,7 @@ from segue.daemon.vocabulary import (BAD_AUDIO, NO_INPUT, NO_SUCH_TAKE, PATH_NOT
                                      LiveSource, PcmSource, Source, TakeSource)
 from segue.models.audio import read_audio, to_model_audio
 from segue.models.errors import AudioInputError
-from segue.models.generation import max_prompt_seconds
+from segue.models.generation import max_prompt_seconds, prompt_codes
 from segue.models.musicgen import MusicGen
 
 
@@ -63,10 +63,10 @@ def prompt_audio(source: Source, *, audio: Audio, grid: Grid, take_audio, folder
                  default_seconds: float, default_bars: float | None) -> tuple[np.ndarray, int, dict]:
     """(samples [C, n], their rate, a description for the take's sidecar)."""
     if isinstance(source, LiveSource):
-        start, stop = live_span(audio, grid, source, default_seconds, default_bars)
         if audio.in_channels == 0:
             raise CommandError(NO_INPUT, "this daemon has no audio input (--audio-device none or an output-only "
                                          "device); continue a take, a file or PCM instead")
+        start, stop = live_span(audio, grid, source, default_seconds, default_bars)
         return audio.input.read(start, stop), audio.sample_rate, dict(source="live", input_start=start,
                                                                       input_stop=stop)
     if isinstance(source, TakeSource):
@@ -95,6 +95,5 @@ def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int, seconds: float | No
     pcm = pcm[:, max(0, n - math.ceil(keep * sr)) :]
     if pcm.shape[1] < sr / model.frame_rate:
         raise CommandError(BAD_AUDIO, f"the prompt audio is shorter than one frame ({1 / model.frame_rate:g} s)")
-    x = to_model_audio(pcm, sr, model.sample_rate, model.channels)  # [C, N]
-    codes = model.encode(x[None].to(model.device))  # [1, K, T]
+    codes = prompt_codes(model, to_model_audio(pcm, sr, model.sample_rate, model.channels))  # [1, K, T]
     return codes[..., -int(limit * model.frame_rate):]

@@ -82,7 +82,7 @@ class ZmqServer:
 
     def audio(self, start: int, pcm: np.ndarray) -> None:
         header = dict(start=start, sample_rate=self.engine.sr, channels=pcm.shape[1], frames=pcm.shape[0])
-        self.outbox.put((b"audio", json.dumps(header).encode(), pcm.astype(np.float32).tobytes()))
+        self.outbox.put((b"audio", json.dumps(header).encode(), pcm.tobytes()))
 
     def start(self) -> None:
         self.thread.start()

@@ -35,11 +35,16 @@ def check_audio(data: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
+def match_channels(data: np.ndarray, channels: int) -> np.ndarray:
+    """samples [C, N] -> [channels, N]: any other channel count is mixed to mono and duplicated."""
+    if data.shape[0] == channels:
+        return data
+    return np.repeat(data.mean(axis=0, keepdims=True), channels, axis=0)
+
+
 def to_model_audio(data: np.ndarray, sr: int, target_sr: int, channels: int) -> torch.Tensor:
     """samples [C, N] at `sr` -> tensor [channels, N'] at `target_sr`: stereo is mixed to mono, mono duplicated."""
-    if data.shape[0] != channels:
-        mono = data.mean(axis=0, keepdims=True)
-        data = np.repeat(mono, channels, axis=0)
+    data = match_channels(data, channels)
     if sr != target_sr:
         data = soxr.resample(data.T, sr, target_sr, quality="HQ").T  # soxr wants [N, C]
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))

@@ -3,6 +3,7 @@ sockets: ack, events, takes on disk, exactness of the streamed audio, retry, sto
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -37,7 +38,6 @@ def daemon(demo, tmp_path):
     engine.start()
     server.start()
     client = Client(server.endpoint, server.pub_endpoint)
-    import time
     time.sleep(0.3)  # let the subscription reach the publisher
     yield engine, server, client
     client.close()
