@@ -31,5 +31,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "cannot read the config file" in r.stderr
     r = run("send", "status", "--zmq", "tcp://127.0.0.1:1", "--timeout", "0.5")
     assert r.returncode == 2 and "is `segue serve` running?" in r.stderr
+    r = run("serve", "--model", "demo", "--audio-device", "no-such-card", "--takes", str(tmp_path / "t"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no output device matches" in r.stderr
     r = run("send", "status", "oops")
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
