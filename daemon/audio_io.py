@@ -37,6 +37,7 @@ class Audio:
     """Rings, clock and counters common to both back ends."""
 
     name = "none"
+    host_api = "none"
 
     def __init__(self, sample_rate: int, in_channels: int, out_channels: int, block: int):
         self.sample_rate, self.in_channels, self.out_channels, self.block = sample_rate, in_channels, out_channels, block
@@ -45,6 +46,7 @@ class Audio:
         self.output_latency = 0  # samples between handing a block over and hearing it
         self.input_latency = 0  # samples between a sound at the input and its arrival here
         self.xruns = 0  # device-reported over/underflows
+        self.xrun_flags = 0  # PortAudio's status bits seen so far (input/output over- and underflow)
         self._last = (0, time.monotonic())  # (bus sample at the last block start, monotonic time of that block)
         self.running = False
         self.error: str | None = None
@@ -68,9 +70,9 @@ class Audio:
         return self.input.end
 
     def status(self) -> dict:
-        return dict(audio_device=self.name, running=self.running, error=self.error, sample_rate=self.sample_rate,
+        return dict(audio_device=self.name, host_api=self.host_api, running=self.running, error=self.error, sample_rate=self.sample_rate,
                     block=self.block, output_latency=self.output_latency, input_latency=self.input_latency,
-                    xruns=self.xruns, underruns=self.bus.underruns, clock=int(self.now()))
+                    xruns=self.xruns, underruns=self.bus.underruns, xrun_flags=self.xrun_flags, clock=int(self.now()))
 
     def start(self) -> None:
         raise NotImplementedError
@@ -154,12 +156,14 @@ class DeviceAudio(Audio):
         out_ch = min(cfg.output_channels, int(info["max_output_channels"]))
         super().__init__(rate, in_ch, out_ch, cfg.block_size)
         self.name = info["name"]
+        self.host_api = sd.query_hostapis(info["hostapi"])["name"]
         self.devices = (in_dev, out_dev)
         self.stream = None
 
     def _callback(self, indata, outdata, frames, time_info, status) -> None:
         if status:
             self.xruns += 1
+            self.xrun_flags |= int(status._flags)
         self.process(indata if self.in_channels else None, outdata)
 
     def _finished(self) -> None:
@@ -178,6 +182,11 @@ class DeviceAudio(Audio):
             in_lat, out_lat = latency if isinstance(latency, tuple) else (0.0, latency)
             self.input_latency = round(in_lat * self.sample_rate)
             self.output_latency = round(out_lat * self.sample_rate)
+            if self.host_api == "JACK Audio Connection Kit":
+                # PortAudio's JACK back end hands a callback's output to JACK one period later and does not count
+                # that period in the latency it reports (measured: input -> output through PortAudio is one period
+                # longer than through a plain JACK client). The clock must know, or takes land a block late.
+                self.output_latency += self.block
             self.stream.start()
         except Exception as exc:
             raise AudioDeviceError(f"cannot open audio device {self.name!r} at {self.sample_rate} Hz ({exc}); "

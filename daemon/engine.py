@@ -34,7 +34,7 @@ from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Comman
                                      Length, Retry, Sampling, Set, Start, Status, Stop, Takes, Tempo)
 from segue.models.audio import match_channels
 from segue.models.errors import SegueError
-from segue.models.generation import Take, TakeSnapshot, prompt_codes
+from segue.models.generation import Take, TakeSnapshot, prompt_codes, pump_takes
 from segue.models.lm.config import SamplingParams
 from segue.models.musicgen import MusicGen
 
@@ -152,6 +152,7 @@ class Engine:
         self.rate = 1.0  # audio seconds one take generates per wall second (measured)
         self.first_latency = 0.5  # seconds from request to a take's first chunk (measured)
         self.iter_time = 0.0
+        self.setup_s = 0.2  # seconds a take's set-up kept the engine from mixing, lately (measured)
         self._status: dict = {}
         self._takes: list[dict] = []
         self._stop = threading.Event()
@@ -251,10 +252,17 @@ class Engine:
                 self.emit(dict(event="error", id=rid, code=MODEL_ERROR, message=str(exc)))
 
     def _handle(self, rid: int, cmd: Command, t: float) -> None:
-        if isinstance(cmd, (Generate, Continue)):
-            self._new_take(rid, cmd, t)
-        elif isinstance(cmd, Retry):
-            self._retry(rid, cmd, t)
+        if isinstance(cmd, (Generate, Continue, Retry)):
+            # Setting a take up (encoding its prompt, prefilling the LM) keeps this thread from mixing for a while:
+            # the bus gets that much more of what is playing first, so nothing drops out meanwhile.
+            if self.cfg.pace != "asap":
+                self.mixer.mix(self.horizon + round(1.5 * self.setup_s * self.sr))
+            t_setup = time.monotonic()
+            if isinstance(cmd, Retry):
+                self._retry(rid, cmd, t)
+            else:
+                self._new_take(rid, cmd, t)
+            self.setup_s = max(time.monotonic() - t_setup, 0.8 * self.setup_s)
         elif isinstance(cmd, Stop):
             self._stop_takes(rid, cmd)
         elif isinstance(cmd, Set):
@@ -291,16 +299,20 @@ class Engine:
         length = d.length(cmd.length)
         samples = self._length_samples(length)
         meta = dict(cmd=type(cmd).__name__.lower(), prompt=text, length=asdict(length))
-        prompt = None
+        prompt = heard = None
         if isinstance(cmd, Continue):
             pcm, sr, desc = prompt_audio(cmd.source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
                                          folders=self.folders, default_seconds=d.prompt_seconds,
                                          default_bars=d.prompt_bars)
-            prompt = encode_prompt(self.model, pcm, sr, None)
-            meta.update(desc, prompt_frames=int(prompt.shape[-1]))
+            t_enc = time.monotonic()
+            prompt = encode_prompt(self.model, pcm, sr, None)  # [1, K, P]
+            meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
+            heard = (pcm, sr)
         sampling = d.sampling(cmd.sampling, cmd.seed)
         take = Take(self.model, text, prompt, self._frames_for(samples), sampling, self.cfg.chunk_frames)
-        self._launch(rid, meta["cmd"], take, cmd.start, cmd.lane, samples, meta, t)
+        codes = None if prompt is None else prompt[0].cpu().numpy().astype(np.int16)  # [K, P]
+        self._launch(rid, meta["cmd"], take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
+                     prompt_audio=heard)
 
     def _retry(self, rid: int, cmd: Retry, t: float) -> None:
         tid = cmd.take if cmd.take is not None else max(self.snapshots, default=None)
@@ -312,16 +324,18 @@ class Engine:
         seed = cmd.seed if cmd.seed is not None else int.from_bytes(os.urandom(4), "little")
         take = Take.from_snapshot(self.model, snap, self._frames_for(samples), seed, self.cfg.chunk_frames)
         lane = cmd.lane if cmd.lane is not None else meta["lane"]
-        self._launch(rid, "retry", take, cmd.start, lane, samples, dict(meta["meta"], cmd="retry", retry_of=tid), t,
-                     snap)
+        # Resumed from the prompt state in memory: nothing is encoded or prefilled again.
+        again = dict(meta["meta"], cmd="retry", retry_of=tid, prompt_encode_s=0.0)
+        self._launch(rid, "retry", take, cmd.start, lane, samples, again, t, snap, meta["prompt_codes"])
 
     def _launch(self, rid: int, kind: str, take: Take, start: Start | None, lane: int, samples: int | None,
-                meta: dict, t: float, snap: TakeSnapshot | None = None) -> None:
+                meta: dict, t: float, snap: TakeSnapshot | None = None, prompt_codes: np.ndarray | None = None,
+                prompt_audio: tuple[np.ndarray, int] | None = None) -> None:
         """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
         if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
             raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
         snap = snap or take.snapshot()
-        self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta))
+        self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta, prompt_codes=prompt_codes))
         while len(self.snapshots) > 8:
             del self.snapshots[min(self.snapshots)]
         start = start or self.defaults.start
@@ -340,7 +354,8 @@ class Engine:
                     start=at, start_request=start.describe(), sample_rate=self.sr,
                     tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
                     requested_at=t, held_back_s=round(held, 3))
-        files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta)
+        files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta,
+                          prompt_codes, prompt_audio)
         run = Run(rid, kind, take, voice, files, samples, self.sr, m, self.audio.out_channels,
                   round(self.cfg.end_fade * self.sr))
         self.runs.append(run)
@@ -361,9 +376,9 @@ class Engine:
         return lead
 
     def _generate(self) -> bool:
-        """One step for every take that still needs audio; True if any work was done."""
-        worked = False
+        """One LM step for every take that still needs audio, batched into one call; True if any work was done."""
         playhead = self.audio.bus.read_pos
+        due: list[Run] = []
         for run in self.runs:
             if not run.generating:
                 continue
@@ -375,21 +390,37 @@ class Engine:
                 continue
             if run.total is None and self.cfg.pace != "asap" and v.queued_end - playhead > self.cfg.max_lead * self.sr:
                 continue  # an endless take far enough ahead waits for the playhead
+            due.append(run)
+        if not due:
+            return False
+        t = time.monotonic()
+        try:
+            chunks = pump_takes([r.take for r in due])
+        except Exception as exc:  # one LM call for all: a failure ends every take in it
+            log.exception("takes %s", [r.id for r in due])
+            for run in due:
+                self._fail(run, MODEL_ERROR, f"generation failed: {exc}")
+            return True
+        for run, pcm in zip(due, chunks):
             try:
-                self._pump(run)
+                self._deliver(run, pcm, t)
             except Exception as exc:
                 log.exception("take %s", run.id)
-                run.generating = False
-                v.complete = True
-                self.emit(dict(event="error", id=run.id, code=MODEL_ERROR, message=f"generation failed: {exc}"))
-            worked = True
-        return worked
+                self._fail(run, INTERNAL, f"writing the take failed: {exc}")
+        return True
 
-    def _pump(self, run: Run) -> None:
+    def _fail(self, run: Run, code: str, message: str) -> None:
+        run.generating = False
+        run.voice.complete = True
+        self.emit(dict(event="error", id=run.id, code=code, message=message))
+
+    def _deliver(self, run: Run, pcm: np.ndarray | None, t: float) -> None:
+        """A take's new chunk, if its step produced one -> device rate -> its files and its voice."""
         take = run.take
-        t = time.monotonic()
-        pcm = take.pump()
         if pcm is None:
+            if take.done:  # the last step decoded nothing new
+                run.generating = False
+                run.voice.complete = True
             return
         last = take.done
         x = run.to_device(pcm, last)
@@ -431,7 +462,7 @@ class Engine:
                         round(run.first_audio - run.created, 4))
         self._changed = True
         self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
-                       samples=run.files.samples, frames=run.files.codes.frames, dropped=v.dropped))
+                       samples=run.files.samples, frames=run.files.new_frames, dropped=v.dropped))
 
     def _stop_takes(self, rid: int, cmd: Stop) -> None:
         runs = [r for r in self.runs if cmd.take is None or r.id == cmd.take]

@@ -54,8 +54,9 @@ def live_span(audio: Audio, grid: Grid, src: LiveSource, default_seconds: float,
         secs = src.seconds if src.seconds is not None else default_seconds
         start, stop = end - round(secs * audio.sample_rate), end
     if start < 0 or start < end - audio.input.capacity + 1024:
-        have = end / audio.sample_rate
-        raise CommandError(NO_INPUT, f"the live input holds {have:.1f} s; ask for a shorter prompt or play longer")
+        have, need = end / audio.sample_rate, (end - start) / audio.sample_rate
+        raise CommandError(NO_INPUT, f"that prompt reaches {need:.1f} s back but the live input holds {have:.1f} s; "
+                                     "ask for a shorter prompt or play longer")
     return start, stop
 
 

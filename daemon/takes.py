@@ -1,5 +1,9 @@
-"""Takes on disk, written while they play: `NNNN-kind.wav` (float, device rate), `NNNN-kind.codes.npy` (the new
-frames [K, T], int16) and `NNNN-kind.json` (what made it, and how it went).
+"""Takes on disk, written while they play: `NNNN-kind.wav` (float, device rate), `NNNN-kind.codes.npy` (int16
+[K, T]: the prompt's frames, then the new ones), `NNNN-kind.json` (what made it, and how it went; `prompt_frames`
+says where the new frames begin) and, for a continuation, `NNNN-kind.prompt.wav` (the audio it continued).
+
+The codes file holds the prompt too because the new audio is decoded in the prompt's context: decoding the whole
+file and dropping `prompt_frames * hop` samples gives the take exactly, as the daemon streamed it.
 
 Every chunk is flushed as it is written and each file is valid after every flush (the WAV header is updated by
 libsndfile on flush; the .npy header is rewritten in place), so a crash loses at most the last chunk.
@@ -47,7 +51,7 @@ class CodesFile:
 
 class TakeFiles:
     def __init__(self, folder: Path, take_id: int, kind: str, sample_rate: int, channels: int, n_q: int,
-                 meta: dict):
+                 meta: dict, prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None):
         self.stem = folder / f"{take_id:04d}-{kind}"
         self.wav_path = self.stem.with_suffix(".wav")
         self.codes_path = self.stem.with_suffix(".codes.npy")
@@ -55,10 +59,23 @@ class TakeFiles:
         self.wav = sf.SoundFile(str(self.wav_path), "w", samplerate=sample_rate, channels=channels,
                                 subtype="FLOAT", format="WAV")
         self.codes = CodesFile(self.codes_path, n_q)
+        self.prompt_frames = 0
+        if prompt_codes is not None:  # [K, P]
+            self.codes.write(prompt_codes)
+            self.prompt_frames = prompt_codes.shape[1]
         self.meta = dict(meta, id=take_id, wav=self.wav_path.name, codes=self.codes_path.name, state="playing",
-                         samples=0, frames=0)
+                         samples=0, frames=0, prompt_frames=self.prompt_frames)
+        if prompt_audio is not None:
+            pcm, sr = prompt_audio  # [C, n]
+            path = self.stem.with_suffix(".prompt.wav")
+            sf.write(str(path), pcm.T, sr, subtype="FLOAT")
+            self.meta["prompt_wav"] = path.name
         self.samples = 0
         self.save_meta()
+
+    @property
+    def new_frames(self) -> int:
+        return self.codes.frames - self.prompt_frames
 
     def write(self, pcm: np.ndarray, codes: np.ndarray | None) -> None:
         """pcm [n, C] at the device rate; codes [K, m] new frames."""
@@ -70,7 +87,7 @@ class TakeFiles:
             self.codes.write(codes)
 
     def save_meta(self, **updates) -> None:
-        self.meta.update(updates, samples=self.samples, frames=self.codes.frames)
+        self.meta.update(updates, samples=self.samples, frames=self.new_frames)
         tmp = self.json_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.meta, indent=1, default=str))
         os.replace(tmp, self.json_path)

@@ -15,7 +15,7 @@ import torch
 from segue.models.codec.encodec import DecoderStream
 from segue.models.errors import RequestError
 from segue.models.lm.config import MAX_TEXT_TOKENS, SamplingParams
-from segue.models.lm.stream import max_prompt_frames
+from segue.models.lm.stream import max_prompt_frames, step_streams
 from segue.models.musicgen import MusicGen
 
 MAX_SECONDS = 3600.0  # one take; beyond this a request is almost certainly a typo (ms for s)
@@ -127,9 +127,13 @@ class Take:
         frames, and at the end), else None. The concatenation of all chunks is frames * hop samples."""
         if self.done:
             return None
+        if not self.stream.done:
+            self.stream.step()
+        return self._after_step()
+
+    def _after_step(self) -> np.ndarray | None:
+        """Read the frames completed so far and decode them when a chunk is due (see `pump`)."""
         s = self.stream
-        if not s.done:
-            s.step()
         ready = s.frames_ready
         if ready - self.read < self.chunk_frames and not s.done:
             return None
@@ -170,3 +174,15 @@ class Take:
         if not self.codes:
             return np.zeros((self.model.lm.cfg.n_q, 0), dtype=np.int64)
         return torch.cat(self.codes, -1).numpy().astype(np.int64)
+
+
+@torch.no_grad()
+def pump_takes(takes: list[Take]) -> list[np.ndarray | None]:
+    """`Take.pump()` for each take, with one LM step for all of them (`step_streams`): what each returns is what
+    its own `pump()` would. Takes already done give None; takes whose stream is done still decode what is left.
+    The takes must share one LM."""
+    if len({id(t) for t in takes}) != len(takes):
+        raise ValueError("a take is listed twice; list each take once per pump")
+    live = [not t.done for t in takes]
+    step_streams([t.stream for t, on in zip(takes, live) if on and not t.stream.done])
+    return [t._after_step() if on else None for t, on in zip(takes, live)]

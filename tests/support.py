@@ -333,3 +333,18 @@ def write_wav(path: Path, audio: np.ndarray, sr: int, subtype: str = "FLOAT") ->
     """audio [C, N] -> WAV."""
     sf.write(str(path), np.ascontiguousarray(audio.T), sr, subtype=subtype)
     return path
+
+
+def offline_take(model, wav_path: str, rate: int) -> np.ndarray:
+    """A daemon take rebuilt offline from its files: decode the whole codes file (prompt frames, then new ones) in
+    one pass, drop the prompt's samples, resample to the device rate in one call -> [N] (first channel)."""
+    import json
+
+    import soxr
+
+    stem = wav_path[: -len(".wav")]
+    meta = json.loads(Path(stem + ".json").read_text())
+    codes = torch.from_numpy(np.load(stem + ".codes.npy").astype(np.int64))[None]  # [1, K, P + T]
+    pcm = model.decode(codes)[0, 0].numpy()  # [N] at the model rate
+    pcm = pcm[meta["prompt_frames"] * model.hop_length :]
+    return soxr.resample(pcm, model.sample_rate, rate, quality="HQ")

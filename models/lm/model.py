@@ -10,6 +10,7 @@ KV cache at their absolute position.
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import NamedTuple
 
 import torch
@@ -220,25 +221,78 @@ class MusicGenLM(nn.Module):
                                                attn_mask=mask, is_causal=causal)  # [R, H, T, D]
             x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.wo_t)
             h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
-            if state.fold_rows is not None:
-                self._folded_cross(h, x, i, state, T)
-            else:
-                x = self._cross(h, x, i, w, state, R, T)
+            self._add_cross(h, x, i, w, state, R, T)
             h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
             x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
         state.advance(T)
         x = x.view(R, T, d)
         return self._logits(x[:, -1:] if last_only else x)
 
+    def forward_many(self, tokens: list[torch.Tensor], states: list[LMState]) -> list[torch.Tensor]:
+        """One position for each of several independent streams: tokens[i] [R_i, K, 1] at states[i].pos.
+
+        Returns logits [R_i, K, 1, card] per stream and advances every state: what `forward` on each gives, up to
+        float rounding (the GEMMs see more rows). The weight GEMMs (what a step costs: reading the weights) run once
+        over all streams' rows; attention stays per stream, over its own cache, position and conditioning.
+        """
+        if len(tokens) != len(states):
+            raise ValueError(f"{len(tokens)} token tensors for {len(states)} states; pass one per state")
+        if len({id(s) for s in states}) != len(states):
+            raise ValueError("the same state is listed twice; step each stream once per call")
+        for t, s in zip(tokens, states):
+            if t.dim() != 3 or t.shape[1:] != (self.cfg.n_q, 1) or t.shape[0] != s.rows:
+                raise ValueError(f"tokens must be [{s.rows}, {self.cfg.n_q}, 1] for a state of {s.rows} rows, "
+                                 f"got {list(t.shape)}")
+            if s.pos + 1 > s.capacity:
+                raise RuntimeError(f"KV cache full: {s.pos + 1} positions > {s.capacity}; re-prompt before this point")
+        if len(states) <= 1:
+            return [self.forward(t, s) for t, s in zip(tokens, states)]
+        H, D, d, eps = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim, self.cfg.norm_eps
+        rows = [s.rows for s in states]
+        N = sum(rows)
+        ends = list(accumulate(rows))
+        spans = list(zip([0] + ends[:-1], ends))  # each stream's rows in the stacked batch
+        # Each stream's position from its device counter: no host-to-device copy, so no synchronisation.
+        pos = torch.cat([s.pos_t.expand(r) for s, r in zip(states, rows)])  # [N]
+        x = self.embed(torch.cat(tokens)).view(N, d) + self.positions.index_select(0, pos).to(self.dtype)  # [N, d]
+        for i, w in enumerate(self.layer_views()):
+            h = F.layer_norm(x, (d,), w.n1_w, w.n1_b, eps)
+            qkv = torch.mm(h, w.wqkv_t)  # [N, 3d]
+            att = []
+            for (a, b), s in zip(spans, states):
+                q, k, v = qkv[a:b].view(b - a, 1, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, 1, D]
+                p = s.pos
+                s.k[i, :, :, p : p + 1] = k
+                s.v[i, :, :, p : p + 1] = v
+                o = F.scaled_dot_product_attention(q, s.k[i, :, :, : p + 1], s.v[i, :, :, : p + 1])  # [R, H, 1, D]
+                att.append(o.reshape(b - a, d))  # one position: heads are already adjacent
+            x = torch.addmm(x, torch.cat(att), w.wo_t)
+            h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
+            for (a, b), s in zip(spans, states):  # row slices of x are views: the cross-attention adds in place
+                self._add_cross(h[a:b], x[a:b], i, w, s, b - a, 1)
+            h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
+            x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
+        for s in states:
+            s.advance(1)
+        return list(self._logits(x.view(N, 1, d)).split(rows))  # [R_i, K, 1, card] each
+
+    def _add_cross(self, h: torch.Tensor, x: torch.Tensor, i: int, w: LayerViews, state: LMState, R: int,
+                   T: int) -> None:
+        """Add layer i's cross-attention for `state` into x [R*T, d] in place (x may be a view of more rows)."""
+        if state.fold_rows is not None:
+            self._folded_cross(h, x, i, state, T)
+        else:
+            self._cross(h, x, i, w, state, R, T)
+
     def _cross(self, h: torch.Tensor, x: torch.Tensor, i: int, w: LayerViews, state: LMState, R: int,
-               T: int) -> torch.Tensor:
+               T: int) -> None:
         """Cross-attention as published: query projection, attention over the cached text keys/values."""
         H, D, d = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim
         S = state.cross_len
         q = torch.mm(h, w.cq_t).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
         mask = None if state.cross_full else state.cross_mask[..., :S]
         a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S], attn_mask=mask)
-        return torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.co_t)
+        x.addmm_(a.transpose(1, 2).reshape(R * T, d), w.co_t)
 
     @staticmethod
     def _folded_cross(h: torch.Tensor, x: torch.Tensor, i: int, state: LMState, T: int) -> None:

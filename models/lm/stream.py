@@ -184,20 +184,30 @@ class LMStream:
     @torch.no_grad()
     def step(self) -> None:
         """Produce the next column (one LM forward for all rows). Raises once a finite stream is done."""
+        self._check_steppable()
+        if self._prepare_step():
+            self._finish_step(self.lm(self.inp, self.active)[:, :, 0])  # [2B, K, V]
+
+    # A step in three parts so that `step_streams` can run the middle one for several streams at once.
+    def _check_steppable(self) -> None:
         if self.column < 0:
             raise RuntimeError("start() the stream before stepping it")
         if self.done:
             raise RuntimeError("this stream has produced all its frames")
+
+    def _prepare_step(self) -> bool:
+        """Background re-prompt work, then the step itself when a captured graph covers it. Returns True when the
+        caller must compute the logits of `self.inp` on `self.active` and hand them to `_finish_step`."""
         self._replan_work()
-        st = self.active
-        nxt = self.column + 1
-        if self.use_graphs and not self._forced(nxt):
-            self._graph(st)()
-            st.pos += 1  # the graph advanced st.pos_t on the device
-            self.column = nxt
-            return
-        logits = self.lm(self.inp, st)[:, :, 0]  # [2B, K, V]
-        self.column = nxt
+        if self.use_graphs and not self._forced(self.column + 1):
+            self._graph(self.active)()
+            self.active.pos += 1  # the graph advanced pos_t on the device
+            self.column += 1
+            return False
+        return True
+
+    def _finish_step(self, logits: torch.Tensor) -> None:
+        self.column += 1
         self._produce(logits)
 
     def _produce(self, logits: torch.Tensor) -> None:
@@ -304,3 +314,26 @@ class LMStream:
         if snap.sampling != self.sampling:
             self.set_sampling(snap.sampling)
         self.generator.set_state(snap.rng)
+
+
+@torch.no_grad()
+def step_streams(streams: list[LMStream]) -> None:
+    """Step several streams of one LM by a column each, with one batched forward (`MusicGenLM.forward_many`) for
+    all those stepping eagerly: the weights are read once per step instead of once per stream.
+
+    Each stream's result is what its own `step()` gives. Streams on CUDA graphs replay their own graph (a captured
+    step has fixed shapes); a re-prompt prefill runs per stream before the batched step. Raises like `step()` if
+    any stream is not started or already done, before stepping any of them.
+    """
+    if not streams:
+        return
+    lm = streams[0].lm
+    if any(s.lm is not lm for s in streams):
+        raise ValueError("these streams belong to different LMs; step each LM's streams with its own call")
+    if len({id(s) for s in streams}) != len(streams):
+        raise ValueError("a stream is listed twice; list each stream once per step")
+    for s in streams:
+        s._check_steppable()
+    eager = [s for s in streams if s._prepare_step()]
+    for s, logits in zip(eager, lm.forward_many([s.inp for s in eager], [s.active for s in eager])):
+        s._finish_step(logits[:, :, 0])  # [2B, K, V]

@@ -5,9 +5,20 @@ import pytest
 import torch
 
 from segue.models.errors import RequestError
-from segue.models.generation import Take, frames_for
-from segue.models.lm.config import SamplingParams
+from segue.models.generation import Take, frames_for, pump_takes
+from segue.models.lm.config import LMConfig, SamplingParams
 from segue.models.loading.builder import load_model
+from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
+from segue.models.musicgen import ModelInfo, MusicGen
+
+SHORT = LMConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, n_q=4, card=2048, text_dim=32, max_duration=2.0,
+                 frame_rate=50.0)  # context of 104 positions: an endless take re-prompts every ~50 steps
+
+
+@pytest.fixture(scope="module")
+def short_model():
+    return MusicGen(random_codec(DEMO_CODEC, 1), random_lm(SHORT, 2), random_text_encoder(DEMO_T5, 3),
+                    ModelInfo("short", None, "demo", "musicgen"))
 
 
 def collect(take):
@@ -63,3 +74,56 @@ def test_take_snapshot_replays_and_retries_without_reencoding(tiny_segue):
     retry = collect(take)
     assert retry.shape == first.shape and not np.array_equal(retry, first)
     assert take.new_codes().shape == (4, 20)
+
+
+def _takes(model, prompt):
+    """A prompted take, a short one that finishes first, an endless one that outlives the context."""
+    return [Take(model, "bass", prompt, 30, SamplingParams(seed=4), chunk_frames=7),
+            Take(model, None, None, 9, SamplingParams(seed=5), chunk_frames=4),
+            Take(model, "pads", None, None, SamplingParams(seed=6), chunk_frames=10)]
+
+
+def test_pump_takes_equals_pumping_each_alone(short_model):
+    model = short_model
+    prompt = model.encode(torch.randn(1, 1, 640 * 12) * 0.2)
+    alone, together = _takes(model, prompt), _takes(model, prompt)
+    pumps = 3 * SHORT.context
+    ref = [[t.pump() for _ in range(pumps)] for t in alone]
+    got = [[] for _ in together]
+    for _ in range(pumps):
+        for out, pcm in zip(got, pump_takes(together)):
+            out.append(pcm)
+    assert together[0].done and together[1].done and not together[2].done
+    assert together[2].stream.base > 0  # the endless take re-prompted while pumped with the others
+    for a, b, mine, theirs in zip(alone, together, got, ref):
+        assert [p is None for p in mine] == [p is None for p in theirs]  # chunks arrive at the same pumps
+        assert np.array_equal(b.new_codes(), a.new_codes())
+        for x, y in zip(mine, theirs):
+            if x is not None:
+                assert x.shape == y.shape and np.abs(x - y).max() <= 1e-5
+    assert sum(p.shape[1] for p in got[0] if p is not None) == 30 * 640
+    assert sum(p.shape[1] for p in got[1] if p is not None) == 9 * 640
+
+
+def test_pump_takes_decodes_what_a_finished_stream_left(short_model):
+    """A take whose LM stream is already done still yields its last chunk; a done take yields None."""
+    outs = []
+    for batched in (False, True):
+        left = Take(short_model, "x", None, 12, SamplingParams(seed=1), chunk_frames=50)
+        other = Take(short_model, "y", None, 20, SamplingParams(seed=2))
+        while not left.stream.done:
+            left.stream.step()
+        pcm = pump_takes([left, other])[0] if batched else left.pump()
+        assert left.done and pcm.shape == (1, 12 * 640)
+        assert (pump_takes([left, other])[0] if batched else left.pump()) is None
+        outs.append(pcm)
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_pump_takes_refuses_bad_batches(short_model, tiny_segue):
+    a = Take(short_model, "x", None, 5, SamplingParams(seed=1))
+    with pytest.raises(ValueError, match="twice"):
+        pump_takes([a, a])
+    with pytest.raises(ValueError, match="different LMs"):
+        pump_takes([a, Take(tiny_segue, "x", None, 5, SamplingParams(seed=1))])
+    assert pump_takes([]) == []

@@ -55,3 +55,26 @@ def test_codec_on_gpu_equals_cpu(tiny_segue, tiny):
     codes = tiny_segue.codec.encode(x)
     assert torch.equal(gpu.encode(x.cuda()).cpu(), codes)
     torch.testing.assert_close(gpu.decode(codes.cuda()).cpu(), tiny_segue.codec.decode(codes), atol=1e-4, rtol=0)
+
+
+def test_step_streams_mixes_graph_and_eager_streams(tiny):
+    from segue.models.lm.stream import step_streams
+
+    model = load_model(str(tiny[2]), "cuda", torch.float32)
+
+    def streams(graphs):
+        out = []
+        for text, g in (("x", True), ("pads", False), (None, True)):
+            s = model.stream(1, SamplingParams(top_k=1), cuda_graphs=g and graphs)
+            s.start([text], None, total_frames=30)
+            out.append(s)
+        return out
+
+    ref, mixed = streams(False), streams(True)
+    while not ref[0].done:
+        for s in ref:
+            s.step()
+        step_streams(mixed)
+    assert mixed[0].use_graphs and not mixed[1].use_graphs
+    for a, b in zip(ref, mixed):
+        assert torch.equal(b.read_frames(0, 30).cpu(), a.read_frames(0, 30).cpu())

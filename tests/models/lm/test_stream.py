@@ -211,3 +211,150 @@ def test_weight_views_follow_dtype_changes_and_reloads(short_model):
     state64.reset()
     torch.testing.assert_close(lm(ids, state64, last_only=False), other(ids, LMState.allocate(
         lm.cfg, 2, 16, 8, torch.device("cpu"), torch.float64), last_only=False))
+
+
+# -- several streams, one LM call per step ----------------------------------------------------------------------------
+
+def _states_for_batch(model):
+    """Four states at different positions, covering every cross-attention path: folded one-row text, no text at
+    all (skipped), published with padding masks, folded with padding masks (2 items, so 4 rows)."""
+    from segue.models.lm.conditioning import stack_rows
+
+    lm, cond = model.lm, model.conditioner
+    out = []
+    for texts, fold, filled in ((["pads"], True, 5), ([None], None, 9), (["kick", "a slow ambient pad"], False, 13),
+                                (["kick", "a slow ambient pad"], True, 0)):
+        k, v, mask = stack_rows([cond(t) for t in texts], cond.null())
+        st = LMState.allocate(lm.cfg, 2 * len(texts), 40, 32, torch.device("cpu"), torch.float32)
+        lm.attach_condition(st, k, v, mask, len(texts), fold=fold)
+        if filled:
+            lm(torch.randint(0, 2049, (st.rows, 4, filled), generator=torch.Generator().manual_seed(filled)), st)
+        out.append(st)
+    return out
+
+
+def test_forward_many_equals_each_streams_forward(short_model):
+    lm = short_model.lm
+    alone, batched = _states_for_batch(short_model), _states_for_batch(short_model)
+    assert [s.fold_rows for s in alone] == [1, 0, None, 2] and [s.pos for s in alone] == [5, 9, 13, 0]
+    for _ in range(3):
+        tokens = [torch.randint(0, 2049, (s.rows, 4, 1)) for s in alone]
+        ref = [lm(t, s) for t, s in zip(tokens, alone)]
+        got = lm.forward_many(tokens, batched)
+        for a, b in zip(got, ref):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for a, b in zip(batched, alone):
+        assert a.pos == b.pos and int(a.pos_t) == b.pos
+        torch.testing.assert_close(a.k, b.k, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.v, b.v, atol=1e-5, rtol=1e-5)
+    one = _states_for_batch(short_model)[2]  # a single stream is the plain step, bit for bit
+    ref = lm(tokens[2], _states_for_batch(short_model)[2])
+    assert torch.equal(lm.forward_many([tokens[2]], [one])[0], ref)
+
+
+def test_forward_many_refuses_bad_batches(short_model):
+    lm = short_model.lm
+    a, b = _states_for_batch(short_model)[:2]
+    tok = torch.zeros(2, 4, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="one per state"):
+        lm.forward_many([tok], [a, b])
+    with pytest.raises(ValueError, match="twice"):
+        lm.forward_many([tok, tok], [a, a])
+    with pytest.raises(ValueError, match=r"\[2, 4, 1\]"):
+        lm.forward_many([tok, torch.zeros(2, 4, 3, dtype=torch.long)], [a, b])
+    b.pos = b.capacity
+    with pytest.raises(RuntimeError, match="KV cache full"):
+        lm.forward_many([tok, tok], [a, b])
+    assert a.pos == 5  # refused before anything was written
+
+
+def _stream_trio(model):
+    """An endless stream that re-prompts past the context, a two-item stream longer than the context, and a
+    prompted stream that finishes long before the others."""
+    replan = ReplanConfig(keep_seconds=0.5, chunk=8)
+    endless = model.stream(1, SamplingParams(seed=11), replan=replan)
+    endless.start(["drone"], None, total_frames=None)
+    pair = model.stream(2, SamplingParams(seed=12, top_k=50), replan=replan)
+    pair.start(["kick", "a slow ambient pad"], None, total_frames=150)
+    short = model.stream(1, SamplingParams(seed=13), replan=replan)
+    short.start([None], torch.randint(0, 2048, (1, 4, 20), generator=torch.Generator().manual_seed(3)),
+                total_frames=40)
+    return [endless, pair, short]
+
+
+def test_step_streams_equals_stepping_each_alone(short_model):
+    from segue.models.lm.stream import step_streams
+
+    alone, together = _stream_trio(short_model), _stream_trio(short_model)
+    got = {id(s): [] for s in alone + together}
+
+    def read(s):  # the ring holds two contexts of frames: read as a player would, as they come
+        done = sum(f.shape[-1] for f in got[id(s)])
+        got[id(s)].append(s.read_frames(done, s.frames_ready))
+
+    for _ in range(3 * short_model.lm.cfg.context):
+        for s in alone:
+            if not s.done:
+                s.step()
+                read(s)
+        live = [s for s in together if not s.done]
+        step_streams(live)
+        for s in live:
+            read(s)
+    assert together[2].done and together[1].done and not together[0].done
+    assert together[0].base > 0  # the endless stream re-prompted while batched with the others
+    for a, b in zip(alone, together):
+        assert (a.column, a.base, a.frames_ready) == (b.column, b.base, b.frames_ready)
+        assert torch.equal(torch.cat(got[id(b)], -1), torch.cat(got[id(a)], -1))
+
+
+def test_step_streams_with_graph_streams(short_model, monkeypatch):
+    """Streams on CUDA graphs replay their own fixed-shape step beside the batched ones (checked on CPU with the
+    graph wrapper running its step eagerly; test_cuda.py captures for real)."""
+    import segue.models.lm.stream as stream_mod
+    from segue.models.lm.cuda_graph import CUDAGraphed
+
+    monkeypatch.setattr(stream_mod, "CUDAGraphed", lambda fn, enabled, gens: CUDAGraphed(fn, False, gens))
+
+    def trio(graphs):
+        out = []
+        for seed, text in ((1, "pads"), (2, None), (3, "kick")):
+            s = short_model.stream(1, SamplingParams(top_k=1, seed=seed))
+            s.use_graphs = graphs and seed != 2  # two graph streams and one eager one
+            s.start([text], None, total_frames=30)
+            out.append(s)
+        return out
+
+    ref, mixed = trio(False), trio(True)
+    while not ref[0].done:
+        for s in ref:
+            s.step()
+        stream_mod.step_streams(mixed)
+    assert [bool(s._graphs) for s in mixed] == [True, False, True]
+    for a, b in zip(ref, mixed):
+        assert torch.equal(support.finish(b), support.finish(a))
+
+
+def test_step_streams_refuses_bad_batches(short_model):
+    from segue.models.lm.stream import step_streams
+
+    a, b = short_model.stream(1, SamplingParams(seed=1)), short_model.stream(1, SamplingParams(seed=2))
+    with pytest.raises(RuntimeError, match="start"):
+        step_streams([a, b])
+    a.start(["x"], None, total_frames=2)
+    b.start(["x"], None, total_frames=20)
+    with pytest.raises(ValueError, match="twice"):
+        step_streams([a, a])
+    other = MusicGen(random_codec(DEMO_CODEC, 1), random_lm(SHORT, 2), random_text_encoder(DEMO_T5, 3),
+                     ModelInfo("short", None, "demo", "musicgen")).stream(1)
+    other.start(["x"], None, total_frames=5)
+    with pytest.raises(ValueError, match="different LMs"):
+        step_streams([a, other])
+    while not a.done:
+        step_streams([a, b])
+    column = b.column
+    with pytest.raises(RuntimeError, match="all its frames"):
+        step_streams([b, a])
+    assert b.column == column  # refused before any stream was stepped
+    step_streams([])

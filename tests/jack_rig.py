@@ -1,0 +1,191 @@
+"""A real JACK server and real clients around a real `segue serve` process, for the end-to-end daemon tests.
+
+- `JackServer`: `jackd -d dummy` under a private server name (the dummy driver keeps real-time pace without a
+  sound card), stopped and restarted at will.
+- `Player`: a JACK client that plays a loop into the daemon's input ports, sample `f % len(loop)` at JACK frame f.
+- `Recorder`: a JACK client that records the daemon's output ports, indexed by JACK frame.
+- `Daemon`: `segue serve --model demo` on that server, its ready line parsed for the ZeroMQ endpoints.
+
+Player and recorder are separate clients so the graph has no cycle: player -> PortAudio -> recorder all run in the
+same JACK cycle, so a sample written by the daemon at JACK frame f is recorded at frame f.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+RATE = 48000
+PERIOD = 256
+DAEMON_PORTS = "PortAudio"  # the JACK client name PortAudio registers
+
+
+def jack_env(name: str) -> dict:
+    return dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
+
+
+class JackServer:
+    def __init__(self, rate: int = RATE, period: int = PERIOD):
+        self.name = f"segue-test-{uuid.uuid4().hex[:8]}"
+        self.rate, self.period = rate, period
+        self.env = jack_env(self.name)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
+                                      str(self.period)], env=self.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"jackd exited with {self.proc.returncode}; is the jackd2 package installed?")
+            if subprocess.run(["jack_lsp"], env=self.env, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("jackd did not come up within 10 s")
+
+    def kill(self) -> None:
+        """SIGKILL, as when the server crashes."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def playback_latency(self) -> int:
+        """Frames between a plain client writing a sample and the sound card playing it (JACK's own figure)."""
+        out = subprocess.run(["jack_lsp", "-l", "system:playback_1"], env=self.env, capture_output=True,
+                             text=True).stdout
+        return int(re.search(r"playback latency = \[ (\d+)", out).group(1))
+
+    def ports(self, pattern: str) -> list[str]:
+        out = subprocess.run(["jack_lsp"], env=self.env, capture_output=True, text=True).stdout
+        return [p for p in out.split("\n") if p.startswith(pattern)]
+
+
+def _client(server: JackServer, name: str):
+    os.environ["JACK_DEFAULT_SERVER"] = server.name  # jack.Client reads the server name from the environment
+    os.environ["JACK_NO_START_SERVER"] = "1"
+    import jack
+
+    return jack.Client(name, servername=server.name, no_start_server=True)
+
+
+class Recorder:
+    """Records `ports` (the daemon's outputs) into a preallocated buffer indexed by JACK frame."""
+
+    def __init__(self, server: JackServer, seconds: float = 120.0, channels: int = 2):
+        self.client = _client(server, "segue-rec")
+        self.ins = [self.client.inports.register(f"in_{i}") for i in range(channels)]
+        self.buf = np.zeros((int(seconds * server.rate), channels), dtype=np.float32)
+        self.first: int | None = None  # JACK frame of buf[0]
+        self.end = 0  # samples recorded
+        self.client.set_process_callback(self._process)
+
+    def _process(self, frames: int) -> None:
+        f = self.client.last_frame_time
+        if self.first is None:
+            self.first = f
+        i = f - self.first
+        if i + frames > len(self.buf):
+            return
+        for c, port in enumerate(self.ins):
+            self.buf[i : i + frames, c] = port.get_array()
+        self.end = i + frames
+
+    def connect(self, sources: list[str]) -> None:
+        self.client.activate()
+        for src, port in zip(sources, self.ins):
+            self.client.connect(src, port)
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Recorded samples for JACK frames [start, stop)."""
+        return self.buf[start - self.first : stop - self.first]
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class Player:
+    """Plays `loop` [n, C] forever: sample f % n at JACK frame f, so the loop's bar lines sit on the JACK grid."""
+
+    def __init__(self, server: JackServer, loop: np.ndarray):
+        self.client = _client(server, "segue-play")
+        self.loop = np.concatenate([loop, loop]).astype(np.float32)  # any period-sized window is one slice
+        self.n = len(loop)
+        self.outs = [self.client.outports.register(f"out_{i}") for i in range(loop.shape[1])]
+        self.client.set_process_callback(self._process)
+
+    def _process(self, frames: int) -> None:
+        i = self.client.last_frame_time % self.n
+        for c, port in enumerate(self.outs):
+            port.get_array()[:] = self.loop[i : i + frames, c]
+
+    def connect(self, targets: list[str]) -> None:
+        self.client.activate()
+        for port, dst in zip(self.outs, targets):
+            self.client.connect(port, dst)
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class Daemon:
+    """`segue serve --model demo` as a child process (on a JACK server, or with other `args`)."""
+
+    def __init__(self, takes: Path, args: list[str], env: dict | None = None):
+        cmd = [sys.executable, "-m", "segue.daemon.cli", "serve", "--model", "demo", "--zmq", "tcp://127.0.0.1:*",
+               "--pub", "tcp://127.0.0.1:*", "--takes", str(takes), *args]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.ready.wait(120) or not hasattr(self, "ready_line"):
+            self.stop()
+            raise RuntimeError("segue serve did not print its ready line:\n" + "".join(self.lines[-30:]))
+        m = re.search(r"zmq (\S+) pub (\S+)", self.ready_line)
+        self.endpoint, self.pub = m.group(1), m.group(2)
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("segue ready"):
+                self.ready_line = line
+                self.ready.set()
+        self.ready.set()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
