@@ -1,23 +1,39 @@
-"""The audio side: a PortAudio duplex stream (sounddevice) or, with no device, a clock that runs in real time.
+"""The audio side: a sound card (PortAudio through sounddevice, in a worker process) or, with no device, a clock
+that runs in real time.
 
 Both drive the same `process` step once per block: record the input block into the input ring, copy the next
 block of the mix bus out, count underruns. `process` is the whole audio callback: no locks, no buffer allocation,
 no torch, no logging.
+
+With a device, the callback runs in `audio_worker.py`'s process over rings in shared memory. A watchdog notices
+when the device goes away (a JACK server killed, a USB interface pulled): the daemon stays up, says so in
+`status`, keeps time with a stand-in clock (takes go on being written and published), and starts a new worker
+every second until the device is back.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import queue
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from segue.daemon.rings import InputRing, MixBus
+from segue.daemon.rings import BLOCK_NS, BLOCK_POS, BLOCKS, GO, XRUN_FLAGS, XRUNS, SharedAudio
 from segue.models.errors import SegueError
+
+log = logging.getLogger("segue.audio")
 
 INPUT_SECONDS = 90  # the live input kept (the issue asks for at least 60 s)
 BUS_SECONDS = 4  # mix written ahead of the playhead at most
+JACK = "JACK Audio Connection Kit"  # PortAudio's name for the JACK host API
+STALL_S = 1.0  # no audio block for this long while running: the device is gone
+RETRY_S = 1.0  # between attempts to reopen a lost device
 
 
 class AudioDeviceError(SegueError):
@@ -34,45 +50,53 @@ class AudioConfig:
 
 
 class Audio:
-    """Rings, clock and counters common to both back ends."""
+    """Rings, clock and counters common to all back ends (`shared` when the callback runs in another process)."""
 
     name = "none"
     host_api = "none"
 
-    def __init__(self, sample_rate: int, in_channels: int, out_channels: int, block: int):
+    def __init__(self, sample_rate: int, in_channels: int, out_channels: int, block: int,
+                 shared: SharedAudio | None = None):
         self.sample_rate, self.in_channels, self.out_channels, self.block = sample_rate, in_channels, out_channels, block
-        self.input = InputRing(max(in_channels, 1), INPUT_SECONDS * sample_rate)
-        self.bus = MixBus(out_channels, BUS_SECONDS * sample_rate)
+        self.shared = shared or SharedAudio(in_channels, out_channels, INPUT_SECONDS * sample_rate,
+                                            BUS_SECONDS * sample_rate)
+        self.input, self.bus, self.counters = self.shared.input, self.shared.bus, self.shared.counters
         self.output_latency = 0  # samples between handing a block over and hearing it
         self.input_latency = 0  # samples between a sound at the input and its arrival here
-        self.xruns = 0  # device-reported over/underflows
-        self.xrun_flags = 0  # PortAudio's status bits seen so far (input/output over- and underflow)
-        self._last = (0, time.monotonic())  # (bus sample at the last block start, monotonic time of that block)
         self.running = False
         self.error: str | None = None
+        self.reopened = 0  # times a lost device came back
 
     def process(self, indata: np.ndarray | None, outdata: np.ndarray) -> None:
-        """One audio block. Runs on the audio thread."""
+        """One audio block. Runs on the audio thread (or in the audio worker)."""
+        c = self.counters
         if indata is None:
             self.input.skip(len(outdata))
         else:
             self.input.write(indata)
-        self._last = (self.bus.read_pos, time.monotonic())
+        c[BLOCK_POS] = self.bus.read_pos
+        c[BLOCK_NS] = time.monotonic_ns()
         self.bus.play(outdata)
+        c[BLOCKS] += 1
+
+    @property
+    def xruns(self) -> int:
+        return int(self.counters[XRUNS])
 
     def now(self) -> float:
         """The clock sample being heard now (output position, less the output latency)."""
-        pos, t = self._last
-        return pos + (time.monotonic() - t) * self.sample_rate - self.output_latency
-
-    def input_now(self) -> int:
-        """Clock sample whose sound is arriving at the input now (recorded input lags by the round trip)."""
-        return self.input.end
+        c = self.counters
+        ns, pos = int(c[BLOCK_NS]), int(c[BLOCK_POS])
+        if ns == 0:
+            return 0.0
+        ahead = min((time.monotonic_ns() - ns) * 1e-9, 4 * self.block / self.sample_rate)  # a stalled device
+        return pos + ahead * self.sample_rate - self.output_latency  # does not run the clock on
 
     def status(self) -> dict:
-        return dict(audio_device=self.name, host_api=self.host_api, running=self.running, error=self.error, sample_rate=self.sample_rate,
-                    block=self.block, output_latency=self.output_latency, input_latency=self.input_latency,
-                    xruns=self.xruns, underruns=self.bus.underruns, xrun_flags=self.xrun_flags, clock=int(self.now()))
+        return dict(audio_device=self.name, host_api=self.host_api, running=self.running, error=self.error,
+                    reopened=self.reopened, sample_rate=self.sample_rate, block=self.block,
+                    output_latency=self.output_latency, input_latency=self.input_latency, xruns=self.xruns,
+                    xrun_flags=int(self.counters[XRUN_FLAGS]), underruns=self.bus.underruns, clock=int(self.now()))
 
     def start(self) -> None:
         raise NotImplementedError
@@ -81,128 +105,181 @@ class Audio:
         raise NotImplementedError
 
 
-class NullAudio(Audio):
-    """No sound card: a thread runs the block step at real time, so takes, timing and the PUB stream behave as
-    with a device (the output goes nowhere)."""
+class _RealTimeClock:
+    """Runs `process` on silent blocks at real time, on its own thread (no device, or while the device is lost)."""
 
-    name = "none"
-
-    def __init__(self, sample_rate: int, channels: int = 2, block: int = 256):
-        super().__init__(sample_rate, 0, channels, block)
-        self._out = np.zeros((block, channels), dtype=np.float32)
+    def __init__(self, audio: Audio):
+        self.audio = audio
+        self._out = np.zeros((audio.block, audio.out_channels), dtype=np.float32)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="segue-clock", daemon=True)
 
     def _run(self) -> None:
-        period = self.block / self.sample_rate
+        period = self.audio.block / self.audio.sample_rate
         t0 = time.monotonic()
         n = 0
         while not self._stop.is_set():
-            self.process(None, self._out)
+            self.audio.process(None, self._out)
             n += 1
             delay = t0 + n * period - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
 
     def start(self) -> None:
-        self.running = True
         self._thread.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
+
+
+class NullAudio(Audio):
+    """No sound card: the block step runs at real time on a thread, so takes, timing and the PUB stream behave as
+    with a device (the output goes nowhere)."""
+
+    def __init__(self, sample_rate: int, channels: int = 2, block: int = 256):
+        super().__init__(sample_rate, 0, channels, block)
+        self._clock = _RealTimeClock(self)
+
+    def start(self) -> None:
+        self.running = True
+        self._clock.start()
+
+    def close(self) -> None:
+        self._clock.stop()
         self.running = False
 
 
-def _find_device(sd, name: str | None, kind: str) -> int | None:
-    if name is None:
-        return None
-    if name.isdigit():
-        return int(name)
-    matches = [i for i, d in enumerate(sd.query_devices()) if name.lower() in d["name"].lower()
-               and d[f"max_{kind}_channels"] > 0]
-    if not matches:
-        raise AudioDeviceError(f"no {kind} device matches {name!r}; `segue devices` lists them "
-                               "(or use --audio-device none)")
-    return matches[0]
+class _Worker:
+    """One audio worker process and the lines it prints."""
+
+    def __init__(self, cfg: AudioConfig):
+        conf = dict(device=cfg.device, sample_rate=cfg.sample_rate, block_size=cfg.block_size,
+                    input_channels=cfg.input_channels, output_channels=cfg.output_channels)
+        self.proc = subprocess.Popen([sys.executable, "-m", "segue.daemon.audio_worker", json.dumps(conf)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.lines: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="segue-audio-worker-out", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.lines.put(json.loads(line))
+            except ValueError:
+                pass  # PortAudio/JACK chatter on stdout
+        self.lines.put(dict(error=f"the audio worker exited ({self.proc.wait()})"))
+
+    def expect(self, key: str, timeout: float = 15.0) -> dict:
+        try:
+            msg = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            msg = dict(error=f"the audio device did not answer within {timeout:g} s")
+        if key not in msg:
+            self.kill()
+            raise AudioDeviceError(msg.get("error", f"unexpected answer from the audio worker: {msg}"))
+        return msg[key]
+
+    def send(self, **msg) -> None:
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 class DeviceAudio(Audio):
-    """A PortAudio stream through sounddevice (ALSA, JACK, PulseAudio, CoreAudio, WASAPI...)."""
+    """A PortAudio stream (ALSA, JACK, PulseAudio, CoreAudio, WASAPI...) driven from an audio worker process."""
 
     def __init__(self, cfg: AudioConfig):
-        try:
-            import sounddevice as sd
-        except OSError as exc:  # the PortAudio library itself is missing
-            raise AudioDeviceError(f"PortAudio is not installed ({exc}); install libportaudio2 or use "
-                                   "--audio-device none") from exc
-        self.sd = sd
         self.cfg = cfg
-        try:
-            out_dev = _find_device(sd, cfg.device, "output")
-            in_dev = _find_device(sd, cfg.device, "input") if cfg.input_channels else None
-            info = sd.query_devices(out_dev, "output")
-        except AudioDeviceError:
-            raise
-        except Exception as exc:
-            raise AudioDeviceError(f"no audio output device ({exc}); start your sound server or JACK, or use "
-                                   "--audio-device none") from exc
-        rate = cfg.sample_rate or int(info["default_samplerate"])
-        in_ch = cfg.input_channels
-        if in_ch:
-            in_info = sd.query_devices(in_dev, "input")
-            in_ch = min(in_ch, int(in_info["max_input_channels"]))
-        out_ch = min(cfg.output_channels, int(info["max_output_channels"]))
-        super().__init__(rate, in_ch, out_ch, cfg.block_size)
-        self.name = info["name"]
-        self.host_api = sd.query_hostapis(info["hostapi"])["name"]
-        self.devices = (in_dev, out_dev)
-        self.stream = None
+        worker = _Worker(cfg)
+        probe = worker.expect("probe")
+        super().__init__(probe["sample_rate"], probe["in_channels"], probe["out_channels"], cfg.block_size,
+                         SharedAudio(probe["in_channels"], probe["out_channels"], INPUT_SECONDS * probe["sample_rate"],
+                                     BUS_SECONDS * probe["sample_rate"], shared=True))
+        self.name, self.host_api = probe["name"], probe["host_api"]
+        self.worker: _Worker | None = worker
+        self._probe = probe
+        self._standin: _RealTimeClock | None = None
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watchdog, name="segue-audio-watch", daemon=True)
 
-    def _callback(self, indata, outdata, frames, time_info, status) -> None:
-        if status:
-            self.xruns += 1
-            self.xrun_flags |= int(status._flags)
-        self.process(indata if self.in_channels else None, outdata)
-
-    def _finished(self) -> None:
-        self.running = False
+    def _connect(self, worker: _Worker) -> None:
+        """Hand `worker` the rings and wait until its stream runs (the GO counter stays 0: it plays silence)."""
+        worker.send(shm=self.shared.name, layout=list(self.shared.layout))
+        ready = worker.expect("ready")
+        self.output_latency, self.input_latency = ready["output_latency"], ready["input_latency"]
 
     def start(self) -> None:
-        sd = self.sd
-        kwargs = dict(samplerate=self.sample_rate, blocksize=self.block, dtype="float32",
-                      callback=self._callback, finished_callback=self._finished, latency="low")
+        self._connect(self.worker)
+        self.counters[GO] = 1
+        self.running, self.error = True, None
+        self._watch.start()
+
+    def _watchdog(self) -> None:
+        blocks, seen = -1, time.monotonic()
+        while not self._stop.wait(0.1):
+            if self.running:
+                n = int(self.counters[BLOCKS])
+                if n != blocks:
+                    blocks, seen = n, time.monotonic()
+                if not self.worker.alive() or time.monotonic() - seen > STALL_S:
+                    self._lost()
+            elif self._stop.wait(RETRY_S) is False:
+                self._reopen()
+
+    def _lost(self) -> None:
+        self.counters[GO] = 0
+        self.worker.kill()
+        self.running = False
+        self.error = (f"audio device {self.name!r} lost; segue keeps time without it and reopens it when it is "
+                      "back")
+        log.warning(self.error)
+        self._standin = _RealTimeClock(self)  # the song goes on: takes keep being written and published
+        self._standin.start()
+
+    def _reopen(self) -> None:
         try:
-            if self.in_channels:
-                self.stream = sd.Stream(device=self.devices, channels=(self.in_channels, self.out_channels), **kwargs)
-            else:
-                self.stream = sd.OutputStream(device=self.devices[1], channels=self.out_channels, **kwargs)
-            latency = self.stream.latency
-            in_lat, out_lat = latency if isinstance(latency, tuple) else (0.0, latency)
-            self.input_latency = round(in_lat * self.sample_rate)
-            self.output_latency = round(out_lat * self.sample_rate)
-            if self.host_api == "JACK Audio Connection Kit":
-                # PortAudio's JACK back end hands a callback's output to JACK one period later and does not count
-                # that period in the latency it reports (measured: input -> output through PortAudio is one period
-                # longer than through a plain JACK client). The clock must know, or takes land a block late.
-                self.output_latency += self.block
-            self.stream.start()
-        except Exception as exc:
-            raise AudioDeviceError(f"cannot open audio device {self.name!r} at {self.sample_rate} Hz ({exc}); "
-                                   "pick another with --audio-device / --sample-rate, or use --audio-device none"
-                                   ) from exc
-        self.running = True
-        self.error = None
+            worker = _Worker(self.cfg)
+            probe = worker.expect("probe")
+            if (probe["sample_rate"], probe["in_channels"], probe["out_channels"]) != (
+                    self.sample_rate, self.in_channels, self.out_channels):
+                worker.kill()
+                self.error = (f"audio device {probe['name']!r} came back at {probe['sample_rate']} Hz with "
+                              f"{probe['in_channels']}/{probe['out_channels']} channels, not as before; "
+                              "restart segue serve to use it")
+                return
+            self._connect(worker)
+        except AudioDeviceError:
+            return  # not back yet
+        self._standin.stop()  # from here on only the new worker's callback moves the rings
+        self._standin = None
+        self.worker = worker
+        self.counters[GO] = 1
+        self.running, self.error = True, None
+        self.reopened += 1
+        log.warning("audio device %r reopened", self.name)
 
     def close(self) -> None:
-        if self.stream is not None:
-            try:
-                self.stream.stop()
-                self.stream.close()
-            except Exception:
-                pass
+        self._stop.set()
+        if self._watch.is_alive():
+            self._watch.join(timeout=3)
+        self.counters[GO] = 0
+        if self._standin is not None:
+            self._standin.stop()
+        if self.worker is not None:
+            self.worker.kill()
         self.running = False
+        self.shared.close(unlink=True)
 
 
 def open_audio(cfg: AudioConfig, fallback_rate: int) -> Audio:

@@ -189,7 +189,9 @@ class Engine:
         self._stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout=10)
-        for run in self.runs:
+        for run in self.runs:  # cut where playback is, as a stop would
+            if self.cfg.pace != "asap":
+                run.voice.stop(self.audio.bus.read_pos, round(self.cfg.end_fade * self.sr))
             self._finish(run, "stopped")
         self.runs.clear()
         self.audio.close()
@@ -458,7 +460,11 @@ class Engine:
 
     def _finish(self, run: Run, state: str) -> None:
         v = run.voice
-        run.files.close(state=state, dropped=v.dropped, first_audio_s=None if run.first_audio is None else
+        cut = None
+        if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded
+            keep = max(0, v.stop_at + v.fade_out - v.start)
+            cut = (keep, min(v.fade_out, keep), self._frames_for(keep) or 0)
+        run.files.close(cut, state=state, dropped=v.dropped, first_audio_s=None if run.first_audio is None else
                         round(run.first_audio - run.created, 4))
         self._changed = True
         self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),

@@ -15,7 +15,7 @@ import numpy as np
 from segue.daemon.rings import MixBus
 
 
-def _ramp(at: int, n: int, start: int, length: int, rising: bool) -> np.ndarray:
+def ramp(at: int, n: int, start: int, length: int, rising: bool) -> np.ndarray:
     """Gains for clock samples [at, at + n) of a linear ramp over [start, start + length)."""
     if length <= 0:
         g = (np.arange(at, at + n) >= start).astype(np.float32)
@@ -109,9 +109,9 @@ class Voice:
         seg = out[lo - at : lo - at + got]
         gain = None
         if self.fade_in and lo < self.start + self.fade_in:
-            gain = _ramp(lo, got, self.start, self.fade_in, rising=True)
+            gain = ramp(lo, got, self.start, self.fade_in, rising=True)
         if self.stop_at is not None and lo + got > self.stop_at:
-            g = _ramp(lo, got, self.stop_at, self.fade_out, rising=False)
+            g = ramp(lo, got, self.stop_at, self.fade_out, rising=False)
             gain = g if gain is None else gain * g
         seg += pcm if gain is None else pcm * gain[:, None]
         return True

@@ -1,7 +1,9 @@
 """Preallocated rings shared by the audio callback and the engine, indexed by absolute clock sample.
 
-Each ring has one writer and one reader, and each index (a Python int) is written by one side only, so neither
-side takes a lock: the audio callback copies, advances its index, and returns.
+Each ring has one writer and one reader, and each index is written by one side only, so neither side takes a
+lock: the audio callback copies, advances its index, and returns. Buffers and indexes may live in shared memory
+(`SharedAudio`), so that the callback can run in another process (see audio_worker.py): indexes are int64 cells,
+which both sides read and write whole.
 
 - `InputRing`: the callback writes every input block; the engine reads the last N seconds when asked.
 - `MixBus`: the engine writes the final mix ahead of the playhead; the callback copies it out and zeroes what it
@@ -10,14 +12,33 @@ side takes a lock: the audio callback copies, advances its index, and returns.
 
 from __future__ import annotations
 
+from multiprocessing import resource_tracker, shared_memory
+
 import numpy as np
+
+# Cells of the counters array shared by the audio callback and the engine.
+IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS, BLOCKS, GO = range(10)
+N_COUNTERS = 16
+
+
+def _cell(name: str, i: int, doc: str) -> property:
+    def get(self) -> int:
+        return int(self.counters[i])
+
+    def set(self, value: int) -> None:
+        self.counters[i] = value
+
+    return property(get, set, doc=doc)
 
 
 class InputRing:
-    def __init__(self, channels: int, capacity: int):
-        self.buf = np.zeros((capacity, channels), dtype=np.float32)  # [N, C], frames contiguous like indata
+    end = _cell("end", IN_END, "clock sample after the newest recorded one (written by the callback only)")
+
+    def __init__(self, channels: int, capacity: int, buf: np.ndarray | None = None,
+                 counters: np.ndarray | None = None):
+        self.buf = np.zeros((capacity, channels), np.float32) if buf is None else buf  # [N, C], frames contiguous
         self.capacity = capacity
-        self.end = 0  # clock sample after the newest recorded one (written by the callback only)
+        self.counters = np.zeros(N_COUNTERS, np.int64) if counters is None else counters
 
     def write(self, block: np.ndarray) -> None:
         """Callback side: append one [n, C] block (no allocation)."""
@@ -50,12 +71,15 @@ class InputRing:
 
 
 class MixBus:
-    def __init__(self, channels: int, capacity: int):
-        self.buf = np.zeros((capacity, channels), dtype=np.float32)  # [N, C]
+    read_pos = _cell("read_pos", BUS_READ, "next clock sample the callback plays (callback writes it)")
+    filled = _cell("filled", BUS_FILLED, "clock sample up to which the engine has written (engine writes it)")
+    underruns = _cell("underruns", UNDERRUNS, "callback blocks that were not (fully) filled in time")
+
+    def __init__(self, channels: int, capacity: int, buf: np.ndarray | None = None,
+                 counters: np.ndarray | None = None):
+        self.buf = np.zeros((capacity, channels), np.float32) if buf is None else buf  # [N, C]
         self.capacity = capacity
-        self.read_pos = 0  # next clock sample the callback plays (callback writes it)
-        self.filled = 0  # clock sample up to which the engine has written (engine writes it)
-        self.underruns = 0  # callback blocks that were not (fully) filled in time
+        self.counters = np.zeros(N_COUNTERS, np.int64) if counters is None else counters
 
     def play(self, out: np.ndarray) -> None:
         """Callback side: copy the next block into `out` [n, C] and zero it in the ring."""
@@ -87,3 +111,51 @@ class MixBus:
         self.buf[idx] = block[lo - start : hi - start]
         self.filled = max(self.filled, hi)
         return hi - lo
+
+
+class SharedAudio:
+    """The input ring, the mix bus and their counters in one block of memory: private to this process, or
+    (`shared=True`) a named shared-memory block another process attaches to with `attach`."""
+
+    def __init__(self, in_channels: int, out_channels: int, in_capacity: int, bus_capacity: int,
+                 shared: bool = False, name: str | None = None):
+        self.layout = (in_channels, out_channels, in_capacity, bus_capacity)
+        cin = max(in_channels, 1)
+        sizes = (8 * N_COUNTERS, 4 * in_capacity * cin, 4 * bus_capacity * out_channels)
+        self.shm = None
+        if shared or name:
+            self.shm = shared_memory.SharedMemory(name=name, create=name is None, size=sum(sizes))
+            if name is not None:
+                # Attached, not owned: this process's resource tracker must not unlink the block when it exits
+                # (a worker killed with its device would otherwise take the rings away from the next one).
+                resource_tracker.unregister(self.shm._name, "shared_memory")
+            mem = self.shm.buf
+        else:
+            mem = bytearray(sum(sizes))
+        self.counters = np.ndarray((N_COUNTERS,), np.int64, buffer=mem, offset=0)
+        if name is None:
+            self.counters[:] = 0
+        in_buf = np.ndarray((in_capacity, cin), np.float32, buffer=mem, offset=sizes[0])
+        bus_buf = np.ndarray((bus_capacity, out_channels), np.float32, buffer=mem, offset=sizes[0] + sizes[1])
+        self.input = InputRing(cin, in_capacity, in_buf, self.counters)
+        self.bus = MixBus(out_channels, bus_capacity, bus_buf, self.counters)
+
+    @property
+    def name(self) -> str | None:
+        return None if self.shm is None else self.shm.name
+
+    @classmethod
+    def attach(cls, name: str, layout: tuple[int, int, int, int]) -> "SharedAudio":
+        return cls(*layout, name=name)
+
+    def close(self, unlink: bool = False) -> None:
+        if self.shm is None:
+            return
+        # numpy views must go before the mapping can close
+        self.counters = self.input = self.bus = None
+        try:
+            self.shm.close()
+        except BufferError:
+            pass  # a view is still alive somewhere: the mapping goes with the process
+        if unlink:
+            self.shm.unlink()

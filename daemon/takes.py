@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from segue.daemon.playback import ramp
+
 _NPY_HEADER = 128  # bytes: magic + version + length + dict, padded (fixed, so it can be rewritten in place)
 
 
@@ -44,6 +46,14 @@ class CodesFile:
         self.frames += codes.shape[1]
         self._header()
         self.f.flush()
+
+    def truncate(self, frames: int) -> None:
+        """Keep the first `frames` frames."""
+        if frames < self.frames:
+            self.frames = frames
+            self.f.truncate(_NPY_HEADER + 2 * self.n_q * frames)
+            self._header()
+            self.f.flush()
 
     def close(self) -> None:
         self.f.close()
@@ -92,8 +102,23 @@ class TakeFiles:
         tmp.write_text(json.dumps(self.meta, indent=1, default=str))
         os.replace(tmp, self.json_path)
 
-    def close(self, **updates) -> None:
+    def close(self, cut: tuple[int, int, int] | None = None, **updates) -> None:
+        """Finalize the files. `cut` = (samples heard, fade length, new frames they need): a take stopped while
+        the LM was ahead of playback keeps only what was heard, with the same fade-out, so the file is the take as
+        it sounded."""
         self.wav.close()
+        if cut is not None and cut[0] < self.samples:
+            keep, fade, frames = cut
+            with sf.SoundFile(str(self.wav_path), "r+") as f:
+                lo = max(0, keep - fade)
+                f.seek(lo)
+                tail = f.read(keep - lo, dtype="float32", always_2d=True)  # [n, C]
+                tail *= ramp(lo, len(tail), keep - fade, fade, rising=False)[:, None]
+                f.seek(lo)
+                f.write(tail)
+                f.truncate(keep)
+            self.samples = keep
+            self.codes.truncate(self.prompt_frames + frames)
         self.codes.close()
         self.save_meta(**updates)
 

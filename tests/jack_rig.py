@@ -12,8 +12,10 @@ same JACK cycle, so a sample written by the daemon at JACK frame f is recorded a
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +31,26 @@ PERIOD = 256
 DAEMON_PORTS = "PortAudio"  # the JACK client name PortAudio registers
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: the child is killed when the test process dies, however it dies (a crashed test run must not
+    leave servers and daemons behind)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _clear_stale_jack_shm() -> bool:
+    """A JACK server killed with SIGKILL leaves its slot in JACK's shared-memory registry, and after a few of those
+    no server starts ("Too many servers already active"). With no jackd running at all, the registry is stale."""
+    if subprocess.run(["pgrep", "-x", "jackd"], capture_output=True).returncode == 0:
+        return False
+    stale = list(Path("/dev/shm").glob("jack*"))
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return bool(stale)
+
+
 def jack_env(name: str) -> dict:
     return dict(os.environ, JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
 
@@ -40,13 +62,15 @@ class JackServer:
         self.env = jack_env(self.name)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, retry: bool = True) -> None:
         self.proc = subprocess.Popen(["jackd", "-n", self.name, "-d", "dummy", "-r", str(self.rate), "-p",
                                       str(self.period)], env=self.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if retry and _clear_stale_jack_shm():
+                    return self.start(retry=False)
                 raise RuntimeError(f"jackd exited with {self.proc.returncode}; is the jackd2 package installed?")
             if subprocess.run(["jack_lsp"], env=self.env, capture_output=True).returncode == 0:
                 return
@@ -112,10 +136,32 @@ class Recorder:
         self.client.activate()
         for src, port in zip(sources, self.ins):
             self.client.connect(src, port)
+        deadline = time.monotonic() + 5
+        while self.end == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # recording has begun: `first` is known
 
     def frames(self, start: int, stop: int) -> np.ndarray:
-        """Recorded samples for JACK frames [start, stop)."""
-        return self.buf[start - self.first : stop - self.first]
+        """Recorded samples for JACK frames [start, stop) (clipped to what was recorded)."""
+        lo = max(start - self.first, 0)
+        return self.buf[lo : max(stop - self.first, lo)]
+
+    def loud_span(self, after: int, before: int) -> tuple[int, int]:
+        """JACK frames [first, last] of the non-silent recording between two frames (the daemon plays exact zeros
+        when no take is playing)."""
+        x = np.abs(self.frames(after, before)).max(axis=1)
+        loud = np.flatnonzero(x > 0)
+        assert len(loud), "the daemon's output stayed silent"
+        return after + int(loud[0]), after + int(loud[-1])
+
+    def wait_for(self, frame: int, timeout: float = 30.0) -> None:
+        """Until JACK frame `frame` is recorded."""
+        deadline = time.monotonic() + timeout
+        while self.first + self.end < frame and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    @property
+    def last_frame(self) -> int:
+        return self.first + self.end
 
     def close(self) -> None:
         self.client.deactivate()
@@ -154,7 +200,7 @@ class Daemon:
         cmd = [sys.executable, "-m", "segue.daemon.cli", "serve", "--model", "demo", "--zmq", "tcp://127.0.0.1:*",
                "--pub", "tcp://127.0.0.1:*", "--takes", str(takes), *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     preexec_fn=_die_with_parent)
         self.lines: list[str] = []
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -1,8 +1,15 @@
+import json
+import signal
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from jack_rig import Daemon
+from segue.daemon.client import Client
 from segue.daemon.serve import SettingsError, load_settings
 
 
@@ -35,3 +42,44 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no output device matches" in r.stderr
     r = run("send", "status", "oops")
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_finalizes_takes_and_exits_cleanly(tmp_path):
+    """`segue serve` as a process: SIGTERM mid-take -> the take's files are complete and valid, exit status 0."""
+    daemon = Daemon(tmp_path / "takes", ["--audio-device", "none"])
+    try:
+        client = Client(daemon.endpoint, daemon.pub, timeout=10)
+        rid = client.request("generate", prompt="pad", endless=True, start="now", seed=1)["id"]
+        client.wait(rid, "progress", timeout=30)
+        client.close()
+        assert daemon.signal(signal.SIGTERM) == 0, daemon.output
+    finally:
+        daemon.stop()
+    (meta_path,) = (tmp_path / "takes").glob("*.json")
+    meta = json.loads(meta_path.read_text())
+    assert meta["state"] == "stopped"
+    pcm, sr = sf.read(str(tmp_path / "takes" / meta["wav"]), dtype="float32", always_2d=True)
+    assert sr == 48000 and len(pcm) == meta["samples"] > 0
+    codes = np.load(tmp_path / "takes" / meta["codes"])
+    assert codes.shape == (4, meta["frames"] + meta["prompt_frames"])
+    # cut where playback was when the signal came, so the file holds what was heard, not what was generated ahead
+    assert abs(pcm[-1]).max() < 0.05 * np.abs(pcm).max() + 1e-6
+    assert "Traceback" not in daemon.output
+
+
+@pytest.mark.slow
+def test_pace_asap_renders_takes_faster_than_real_time(tmp_path):
+    """`--pace asap`: no playback clock holds a take back; it is rendered as fast as the model goes."""
+    daemon = Daemon(tmp_path / "takes", ["--pace", "asap"])
+    try:
+        client = Client(daemon.endpoint, daemon.pub, timeout=10)
+        assert client.request("status")["status"]["pace"] == "asap"
+        t = time.monotonic()
+        done = client.wait(client.request("generate", prompt="pad", seconds=6.0, start="next_bar", seed=1)["id"])
+        took = time.monotonic() - t
+        client.close()
+    finally:
+        daemon.stop()
+    assert done["samples"] == 6 * 48000 and done["state"] == "done"
+    assert took < 6.0, f"a 6 s take took {took:.1f} s to render"  # the demo model runs several times real time

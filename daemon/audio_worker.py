@@ -1,0 +1,117 @@
+"""The sound card, in a process of its own: `python -m segue.daemon.audio_worker CONFIG_JSON`.
+
+Why a process: the PortAudio callback runs Python, and in the daemon's process it would wait for the interpreter
+lock while the engine thread runs the model; and when a JACK server dies, PortAudio cannot be closed or
+re-initialised in the process that used it (both calls block for good). Here the callback shares the interpreter
+with nothing, and a lost device costs a process that the daemon kills and starts again.
+
+Protocol (one JSON object per line):
+  worker -> daemon  {"probe": {name, host_api, sample_rate, in_channels, out_channels}}   the device it found
+  daemon -> worker  {"shm": NAME, "layout": [...]}                                        rings to play through
+  worker -> daemon  {"ready": {output_latency, input_latency}}                            stream running
+  worker -> daemon  {"error": "..."}                                                      then it exits
+The callback touches the rings only once the daemon sets the GO counter (so the daemon's stand-in clock and this
+callback never both advance them); until then it plays silence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from segue.daemon.rings import GO, XRUN_FLAGS, XRUNS, SharedAudio
+from segue.daemon.audio_io import JACK, Audio
+
+LOST = 3  # exit status: the stream stopped on its own (device gone, JACK server died)
+
+
+def _say(**msg) -> None:
+    sys.stdout.write(json.dumps(msg) + "\n")
+    sys.stdout.flush()
+
+
+def _find_device(sd, name: str | None, kind: str) -> int | None:
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    matches = [i for i, d in enumerate(sd.query_devices()) if name.lower() in d["name"].lower()
+               and d[f"max_{kind}_channels"] > 0]
+    if not matches:
+        raise LookupError(f"no {kind} device matches {name!r}; `segue devices` lists them (or use --audio-device "
+                          "none)")
+    return matches[0]
+
+
+def main(argv: list[str]) -> int:
+    cfg = json.loads(argv[0])
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # the PortAudio library itself is missing
+        _say(error=f"PortAudio is not installed ({exc}); install libportaudio2 or use --audio-device none")
+        return 2
+    try:
+        out_dev = _find_device(sd, cfg["device"], "output")
+        in_dev = _find_device(sd, cfg["device"], "input") if cfg["input_channels"] else None
+        info = sd.query_devices(out_dev, "output")
+        in_ch = cfg["input_channels"]
+        if in_ch:
+            in_ch = min(in_ch, int(sd.query_devices(in_dev, "input")["max_input_channels"]))
+    except LookupError as exc:
+        _say(error=str(exc))
+        return 2
+    except Exception as exc:
+        _say(error=f"no audio output device ({exc}); start your sound server or JACK, or use --audio-device none")
+        return 2
+    rate = cfg["sample_rate"] or int(info["default_samplerate"])
+    out_ch = min(cfg["output_channels"], int(info["max_output_channels"]))
+    host_api = sd.query_hostapis(info["hostapi"])["name"]
+    _say(probe=dict(name=info["name"], host_api=host_api, sample_rate=rate, in_channels=in_ch, out_channels=out_ch))
+    line = sys.stdin.readline()
+    if not line:
+        return 0
+    msg = json.loads(line)
+    shared = SharedAudio.attach(msg["shm"], tuple(msg["layout"]))
+    audio = Audio(rate, in_ch, out_ch, cfg["block_size"], shared)
+    c = shared.counters
+
+    def callback(indata, outdata, frames, time_info, status) -> None:
+        if not c[GO]:
+            outdata.fill(0.0)
+            return
+        if status:
+            c[XRUNS] += 1
+            c[XRUN_FLAGS] |= int(status._flags)
+        audio.process(indata if in_ch else None, outdata)
+
+    kwargs = dict(samplerate=rate, blocksize=cfg["block_size"], dtype="float32", callback=callback, latency="low")
+    try:
+        if in_ch:
+            stream = sd.Stream(device=(in_dev, out_dev), channels=(in_ch, out_ch), **kwargs)
+        else:
+            stream = sd.OutputStream(device=out_dev, channels=out_ch, **kwargs)
+        latency = stream.latency
+        in_lat, out_lat = latency if isinstance(latency, tuple) else (0.0, latency)
+        out_lat = round(out_lat * rate)
+        if host_api == JACK:
+            # PortAudio's JACK back end hands a callback's output to JACK one period later and does not count that
+            # period in the latency it reports (measured: input -> output through PortAudio takes one period more
+            # than through a plain JACK client). The clock must know, or takes land a block late.
+            out_lat += cfg["block_size"]
+        stream.start()
+    except Exception as exc:
+        _say(error=f"cannot open audio device {info['name']!r} at {rate} Hz ({exc}); pick another with "
+                   "--audio-device / --sample-rate, or use --audio-device none")
+        return 2
+    _say(ready=dict(output_latency=out_lat, input_latency=round(in_lat * rate)))
+    parent = os.getppid()
+    while stream.active and os.getppid() == parent:
+        time.sleep(0.05)
+    # Never close the stream or terminate PortAudio here: with the JACK server gone both block forever.
+    os._exit(LOST if os.getppid() == parent else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
