@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine:
-#   make demo   creates .venv, installs segue and what it needs, then generates audio with the built-in demo model
+#   make demo   creates .venv, installs segue and what it needs, generates audio with the built-in demo model, then
+#               runs the daemon: a generate and a continue of the shipped loop, streamed in time (see `segue demo`)
 #   make test   same set-up, then the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -19,6 +20,7 @@ demo: setup
 	$(VENV)/bin/segue generate --model demo --continue out/demo.wav --prompt-seconds 4 --duration 4 --seed 2 \
 		--out out/demo_continued.wav
 	@echo "demo: out/demo.wav and out/demo_continued.wav (the demo model has random weights: noise, not music)"
+	$(VENV)/bin/segue demo --out out
 
 test: setup
 	$(PY) -m pytest -q

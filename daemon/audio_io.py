@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ class AudioDeviceError(SegueError):
 
 @dataclass(frozen=True)
 class AudioConfig:
-    device: str | None = None  # name (substring) or index; None = the default device; "none" = no device
+    device: str | None = None  # name (substring) or index; None = the default; "none"; "auto" = default or none
     sample_rate: int | None = None  # None = the device's default rate
     block_size: int = 256
     input_channels: int = 2
@@ -283,9 +283,15 @@ class DeviceAudio(Audio):
 
 
 def open_audio(cfg: AudioConfig, fallback_rate: int) -> Audio:
-    if cfg.device == "none":
-        return NullAudio(cfg.sample_rate or fallback_rate, cfg.output_channels, cfg.block_size)
-    return DeviceAudio(cfg)
+    """`device` "none": no sound card; "auto": the default one when there is one, else none (said in the log)."""
+    if cfg.device not in ("none", "auto"):
+        return DeviceAudio(cfg)
+    if cfg.device == "auto":
+        try:
+            return DeviceAudio(replace(cfg, device=None))
+        except AudioDeviceError as exc:
+            log.warning("no sound card (%s): takes and the PUB stream only", exc)
+    return NullAudio(cfg.sample_rate or fallback_rate, cfg.output_channels, cfg.block_size)
 
 
 def list_devices() -> str:

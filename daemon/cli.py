@@ -61,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None, help="hub id, local folder or 'demo' (default facebook/musicgen-small)")
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto")
     s.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
-    s.add_argument("--audio-device", default=None, metavar="NAME|none",
-                   help="sound card (name substring or index; `segue devices`), or none: takes and PUB only")
+    s.add_argument("--audio-device", default=None, metavar="NAME|none|auto",
+                   help="sound card (name substring or index; `segue devices`); none: takes and PUB only; auto: "
+                        "the default card if there is one, else none")
     s.add_argument("--sample-rate", type=int, default=None, metavar="R", help="device rate (default: the device's)")
     s.add_argument("--block-size", type=int, default=None, metavar="N", help="audio block in samples (default 256)")
     s.add_argument("--input-channels", type=int, default=None, metavar="C", help="live input channels (default 2)")
@@ -84,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
 
     sub.add_parser("devices", help="list audio devices")
+
+    m = sub.add_parser("demo", help="run the daemon with the demo model: a generate and a continue of the shipped "
+                                    "loop, then stop")
+    m.add_argument("--out", default="out", metavar="DIR", help="where the takes go (default ./out)")
+    m.add_argument("--audio-device", default="auto", metavar="NAME|none|auto",
+                   help="sound card (default auto: the default card if there is one, else none)")
     return parser
 
 
@@ -140,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
             serve(load_settings(args.config, flags))
         elif args.command == "send":
             send(args)
+        elif args.command == "demo":
+            from pathlib import Path
+
+            from segue.daemon.demo import run_demo
+
+            run_demo(Path(args.out), args.audio_device)
         elif args.command == "devices":
             from segue.daemon.audio_io import list_devices
 

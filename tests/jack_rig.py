@@ -4,7 +4,7 @@
   sound card), stopped and restarted at will.
 - `Player`: a JACK client that plays a loop into the daemon's input ports, sample `f % len(loop)` at JACK frame f.
 - `Recorder`: a JACK client that records the daemon's output ports, indexed by JACK frame.
-- `Daemon`: `segue serve --model demo` on that server, its ready line parsed for the ZeroMQ endpoints.
+- `Daemon`: `segue serve --model demo` on that server (`segue.daemon.launch.ServeProcess`).
 
 Player and recorder are separate clients so the graph has no cycle: player -> PortAudio -> recorder all run in the
 same JACK cycle, so a sample written by the daemon at JACK frame f is recorded at frame f.
@@ -18,13 +18,13 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
+
+from segue.daemon.launch import ServeProcess
 
 RATE = 48000
 PERIOD = 256
@@ -193,45 +193,6 @@ class Player:
         self.client.close()
 
 
-class Daemon:
-    """`segue serve --model demo` as a child process (on a JACK server, or with other `args`)."""
-
-    def __init__(self, takes: Path, args: list[str], env: dict | None = None):
-        cmd = [sys.executable, "-m", "segue.daemon.cli", "serve", "--model", "demo", "--zmq", "tcp://127.0.0.1:*",
-               "--pub", "tcp://127.0.0.1:*", "--takes", str(takes), *args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     preexec_fn=_die_with_parent)
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self.ready.wait(120) or not hasattr(self, "ready_line"):
-            self.stop()
-            raise RuntimeError("segue serve did not print its ready line:\n" + "".join(self.lines[-30:]))
-        m = re.search(r"zmq (\S+) pub (\S+)", self.ready_line)
-        self.endpoint, self.pub = m.group(1), m.group(2)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if line.startswith("segue ready"):
-                self.ready_line = line
-                self.ready.set()
-        self.ready.set()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def signal(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+def Daemon(takes: Path, args: list[str], env: dict | None = None) -> ServeProcess:
+    """`segue serve --model demo` as a child that dies with the test process."""
+    return ServeProcess(takes, args, env=env, preexec=_die_with_parent)
