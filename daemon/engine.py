@@ -51,6 +51,10 @@ class EngineConfig:
     max_lead: float = 10.0  # seconds an endless take may run ahead of the playhead
     pace: str = "realtime"  # "asap": no playback, render takes as fast as possible
     max_takes: int = 8  # takes generating at once
+    # Seconds of mix the bus holds ahead of the playhead at least. A take cannot start sooner than this after a
+    # request (the bus before it is already mixed): lower is snappier, but the engine thread must then never
+    # stall longer (the audio callback itself runs in its own process and does not compete with it).
+    min_horizon: float = 0.05
 
 
 @dataclass
@@ -144,7 +148,8 @@ class Engine:
         self.defaults = Defaults()
         guard = 2 * audio.block
         self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2, publish_audio)
-        self.horizon = max(4 * audio.block, int(0.1 * self.sr))
+        self.min_horizon = max(4 * audio.block, round(cfg.min_horizon * self.sr))
+        self.horizon = self.min_horizon
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ids = itertools.count(self._first_id())
         self.runs: list[Run] = []
@@ -234,8 +239,8 @@ class Engine:
                 worked = False
             dt = time.monotonic() - t0
             self.iter_time = max(dt, 0.9 * self.iter_time)
-            # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least 100 ms.
-            self.horizon = int(min(self.mixer.max_horizon, max(0.1 * self.sr, 3 * self.iter_time * self.sr)))
+            # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least the floor.
+            self.horizon = int(min(self.mixer.max_horizon, max(self.min_horizon, 3 * self.iter_time * self.sr)))
             if not worked:
                 self._wake.wait(timeout=max(0.002, 0.25 * self.horizon / self.sr))
                 self._wake.clear()
@@ -342,9 +347,9 @@ class Engine:
             del self.snapshots[min(self.snapshots)]
         start = start or self.defaults.start
         lead = self._lead(samples)
-        earliest = self.mixer.next_free + round(lead * self.sr)
+        earliest = self.mixer.earliest_start + round(lead * self.sr)
         at, late = self.grid.resolve(start, earliest)
-        unpaced, _ = self.grid.resolve(start, self.mixer.next_free + round(self.first_latency * self.sr))
+        unpaced, _ = self.grid.resolve(start, self.mixer.earliest_start + round(self.first_latency * self.sr))
         held = (at - unpaced) / self.sr
         fade = round(self.cfg.crossfade * self.sr)
         old = self.mixer.lane_voice(lane)
@@ -363,7 +368,7 @@ class Engine:
         self.runs.append(run)
         self._changed = True
         if self.cfg.pace != "asap":
-            self.mixer.voices.append(voice)
+            self.mixer.add(voice)
         self.emit(dict(event="queued", id=rid, cmd=kind, start=at, seed=take.seed, path=str(files.wav_path),
                        held_back_s=round(held, 3), late=late, lead_s=round(lead, 3),
                        realtime=self.rate >= 1.0))
@@ -372,7 +377,7 @@ class Engine:
         """Seconds between now and the first sample so that the take never runs dry (pacing)."""
         busy = 1 + sum(r.generating for r in self.runs)
         rate = self.rate / busy  # takes share the engine
-        lead = 1.5 * self.first_latency + 0.05
+        lead = 1.25 * self.first_latency + 0.02
         if samples is not None and rate < 1.0:
             lead += samples / self.sr * (1.0 / rate - 1.0) * 1.1
         return lead

@@ -131,11 +131,24 @@ class Mixer:
         self.scratch = np.zeros((max_horizon, bus.buf.shape[1]), dtype=np.float32)
         self.max_horizon = max_horizon
         self.publish = publish
+        self.sound_until = 0  # clock sample after the last mixed block in which a voice sounded
 
     @property
     def next_free(self) -> int:
-        """First clock sample not yet in the bus: the earliest a new take or a fade can act."""
+        """First clock sample not yet in the bus: the earliest a fade can act."""
         return max(self.bus.filled, self.bus.read_pos + self.guard)
+
+    @property
+    def earliest_start(self) -> int:
+        """The earliest a new take can start: past the last sound in the bus, what is there is silence, which is
+        mixed again when a voice is added (so the bus running ahead costs a new take no latency)."""
+        return max(self.sound_until, self.bus.read_pos + self.guard)
+
+    def add(self, voice: Voice) -> None:
+        self.voices.append(voice)
+        bus = self.bus
+        if voice.start < bus.filled:  # only silence lies past earliest_start: take it back and mix it again
+            bus.filled = max(voice.start, self.earliest_start)
 
     def mix(self, horizon: int) -> None:
         bus = self.bus
@@ -159,8 +172,10 @@ class Mixer:
             if v.start < end and not v.finished:
                 sounding |= v.render(out, start)
         bus.write(start, out)
-        if sounding and self.publish is not None:
-            self.publish(start, out)
+        if sounding:
+            self.sound_until = end
+            if self.publish is not None:
+                self.publish(start, out)
         self.voices = [v for v in self.voices if not v.finished]
 
     def lane_voice(self, lane: int) -> Voice | None:

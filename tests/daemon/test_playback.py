@@ -56,3 +56,24 @@ def test_late_voice_is_dropped_not_waited_for():
     late.push(np.ones((5000, 1), np.float32))
     mixer.mix(2000)
     assert late.dropped > 0
+
+
+def test_silence_ahead_of_the_playhead_is_mixed_again_for_a_new_voice():
+    """The bus runs ahead with silence when nothing plays; a new take may start inside it (no added latency), but
+    never inside sound already mixed."""
+    bus = MixBus(1, 48000)
+    mixer = Mixer(bus, guard=256, max_horizon=24000)
+    mixer.mix(8000)  # 8000 samples of silence in hand
+    assert bus.filled == 8000 and mixer.earliest_start == 256
+    v = Voice(1, 0, start=1000)
+    v.push(np.ones((3000, 1), np.float32))
+    v.complete = True
+    mixer.add(v)
+    mixer.mix(8000)
+    out = np.zeros((5000, 1), np.float32)
+    bus.play(out)
+    assert out[999, 0] == 0 and out[1000:4000, 0].min() == 1 and out[4000:, 0].max() == 0
+    assert mixer.earliest_start >= 4000  # past the sound just mixed
+    w = Voice(2, 1, start=mixer.earliest_start)
+    mixer.add(w)
+    assert bus.filled >= 4000  # sound is never taken back

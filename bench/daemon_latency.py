@@ -1,0 +1,98 @@
+"""The daemon as a musician meets it: trigger -> first sound at the JACK output, and headroom.
+
+- Latency: a real `jackd -d dummy` (48 kHz, 256-frame periods), `segue serve --model demo` on it through PortAudio,
+  a JACK client recording the daemon's output ports. Each trigger reads JACK's frame clock, sends
+  `generate start=now`, and the first non-silent recorded frame gives the latency (in the JACK graph; the sound
+  card adds JACK's playback latency, reported alongside).
+- Headroom: `segue serve --pace asap` renders N takes of S seconds at once (their steps batched into one LM call);
+  headroom = N * S / wall time (1 = just real time).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from jack_rig import Daemon, JackServer, Recorder  # noqa: E402
+from segue.daemon.client import Client  # noqa: E402
+
+RATE, PERIOD = 48000, 256
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def latency(triggers: int = 25) -> dict:
+    server = JackServer(RATE, PERIOD)
+    server.start()
+    daemon = recorder = client = None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            daemon = Daemon(Path(tmp), ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size",
+                                        str(PERIOD)], env=server.env)
+            recorder = Recorder(server, seconds=30 + triggers * 1.5)
+            recorder.connect(server.ports("PortAudio:out"))
+            client = Client(daemon.endpoint, daemon.pub, timeout=30)
+            status = client.request("status")["status"]
+            lat, leads = [], []
+            for i in range(triggers):
+                t0 = recorder.client.frame_time
+                rid = client.request("generate", seconds=0.25, start="now", seed=i)["id"]
+                leads.append(client.wait(rid, "queued")["lead_s"])
+                client.wait(rid)
+                recorder.wait_for(recorder.client.frame_time + 2 * PERIOD)
+                first, _ = recorder.loud_span(t0, recorder.last_frame)
+                lat.append(1000 * (first - t0) / RATE)
+                time.sleep(0.2)
+            after = client.request("status")["status"]["audio"]
+            return dict(triggers=triggers, all_ms=[round(x, 1) for x in lat], p50_ms=statistics.median(lat), p99_ms=_percentile(lat, 0.99),
+                        min_ms=min(lat), max_ms=max(lat), lead_ms=1000 * statistics.median(leads),
+                        playback_latency_ms=1000 * server.playback_latency() / RATE,
+                        first_chunk_ms=1000 * status["first_chunk_s"], horizon_ms=status["horizon_ms"],
+                        underruns=after["underruns"] - status["audio"]["underruns"],
+                        xruns=after["xruns"] - status["audio"]["xruns"], period=PERIOD, rate=RATE)
+    finally:
+        for c in (client, recorder):
+            if c is not None:
+                c.close()
+        if daemon is not None:
+            daemon.stop()
+        server.stop()
+
+
+def headroom(seconds: float = 10.0, counts: tuple[int, ...] = (1, 2, 4)) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        daemon = Daemon(Path(tmp), ["--pace", "asap"])
+        client = Client(daemon.endpoint, daemon.pub, timeout=30)
+        try:
+            for n in counts:
+                t = time.monotonic()
+                ids = [client.request("generate", prompt="dub techno", seconds=seconds, start="now", seed=k,
+                                      lane=k)["id"] for k in range(n)]
+                for rid in ids:
+                    client.wait(rid, timeout=600)
+                wall = time.monotonic() - t
+                rows.append(dict(takes=n, seconds=seconds, wall_s=wall, headroom=n * seconds / wall))
+        finally:
+            client.close()
+            daemon.stop()
+    return rows
+
+
+def measure(quick: bool = False) -> dict:
+    return dict(latency=latency(10 if quick else 25), headroom=headroom(4.0 if quick else 10.0))
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(measure("--quick" in sys.argv), indent=1))
