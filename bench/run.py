@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # everything this machine can hold
     .venv/bin/python bench/run.py --quick    # shorter takes, small shape only
+    .venv/bin/python bench/run.py --only daemon   # re-measure one section, keep the others from the last run
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+import batch_speed  # noqa: E402
 import codec_speed  # noqa: E402
+import daemon_latency  # noqa: E402
 import lm_speed  # noqa: E402
 
 
@@ -91,16 +94,22 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shape, short takes")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
+    ap.add_argument("--only", choices=["daemon", "batch"], default=None,
+                    help="measure one section again; the others are kept from bench/last_run.json")
     args = ap.parse_args()
     raw = ROOT / "bench" / "last_run.json"
-    if args.render:
+    if args.render or args.only:
         data = json.loads(raw.read_text())
+        if args.only:
+            data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
+            raw.write_text(json.dumps(data, indent=1) + "\n")
         Path(args.out).write_text(render(**data))
         print(f"wrote {args.out} from {raw}")
         return
     info = machine()
     print(info, flush=True)
     cpu = torch.device("cpu")
+    sections = {name: dict(info=info, result=fn(args.quick)) for name, fn in SECTIONS.items()}
     codec_cpu = codec_speed.measure(cpu, 4.0 if args.quick else 10.0)
     print(codec_cpu, flush=True)
     rows, skipped = [], []
@@ -129,13 +138,67 @@ def main() -> None:
     else:
         skipped.append("everything on CUDA (bf16 steps, CUDA-graph step time, the 1.5 ms/step target): this "
                        "machine has no GPU, and none was lent to the issue that added the benchmark")
-    data = dict(info=info, codec_cpu=codec_cpu, codec_gpu=codec_gpu, rows=rows, skipped=skipped)
+    data = dict(info=info, codec_cpu=codec_cpu, codec_gpu=codec_gpu, rows=rows, skipped=skipped, **sections)
     raw.write_text(json.dumps(data, indent=1) + "\n")
     Path(args.out).write_text(render(**data))
     print(f"wrote {args.out} and {raw}")
 
 
-def render(info, codec_cpu, codec_gpu, rows, skipped) -> str:
+def _batch(quick: bool) -> list[dict]:
+    cpu = torch.device("cpu")
+    rows = batch_speed.measure("small", cpu, torch.float32, rounds=5 if quick else 10)
+    if torch.cuda.is_available():
+        rows += batch_speed.measure("small", torch.device("cuda"), torch.bfloat16, counts=(1, 2, 4, 8))
+    return rows
+
+
+SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch}
+
+
+def _section_info(sec: dict, info: dict) -> str:
+    i = sec["info"]
+    if (i["commit"], i["date"]) == (info["commit"], info["date"]):
+        return ""
+    return f"Measured separately: {i['date']}, commit {i['commit']}, {i['cpu']}, gpu {i['gpu']}.\n\n"
+
+
+def render_daemon(sec: dict, info: dict) -> list[str]:
+    lat, head = sec["result"]["latency"], sec["result"]["headroom"]
+    lines = ["", "## The daemon: trigger -> first sound, and headroom (demo model, CPU)", "",
+             _section_info(sec, info) +
+             f"`bench/daemon_latency.py`: a real `jackd -d dummy` ({lat['rate']} Hz, {lat['period']}-frame periods), "
+             "`segue serve --model demo` on it through PortAudio (audio worker process), a JACK client recording "
+             "its output. Each trigger reads JACK's frame clock and sends `generate start=now`; latency is the "
+             "first non-silent recorded frame, in the JACK graph (the sound card adds JACK's playback latency, "
+             f"{lat['playback_latency_ms']:.1f} ms here).", "",
+             "| triggers | p50 ms | p99 ms | min ms | max ms | pacing lead ms (median) | first chunk at warm-up ms | "
+             "mix horizon ms | underruns | xruns |", "|---|---|---|---|---|---|---|---|---|---|",
+             f"| {lat['triggers']} | **{lat['p50_ms']:.1f}** | **{lat['p99_ms']:.1f}** | {lat['min_ms']:.1f} | "
+             f"{lat['max_ms']:.1f} | {lat['lead_ms']:.0f} | {lat['first_chunk_ms']:.0f} | {lat['horizon_ms']:.0f} | "
+             f"{lat['underruns']} | {lat['xruns']} |", "",
+             "Headroom: `segue serve --pace asap` renders N takes at once (their steps batched into one LM call); "
+             "headroom = N x take seconds / wall seconds (1 = just real time).", "",
+             "| takes at once | take s | wall s | headroom |", "|---|---|---|---|"]
+    lines += [f"| {h['takes']} | {h['seconds']:g} | {h['wall_s']:.2f} | {h['headroom']:.1f}x |" for h in head]
+    lines += ["", "GPU target (small, trigger -> first sound p50 <= 150 ms): not measured, no GPU was lent to "
+              "this issue."]
+    return lines
+
+
+def render_batch(sec: dict, info: dict) -> list[str]:
+    lines = ["", "## Several takes at once: one LM call per step", "",
+             _section_info(sec, info) +
+             "`bench/batch_speed.py`: N streams of the small shape (random weights, CFG), stepped one after "
+             "another vs batched into one call (`step_streams`: the weight GEMMs are shared, attention stays per "
+             "stream). ms per round of N steps, medians of alternating trials.", "",
+             "| shape | device | dtype | takes | one after another ms | batched ms | speed-up |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['takes']} | {r['one_by_one_ms']:.1f} | "
+              f"{r['batched_ms']:.1f} | **{r['ratio']:.2f}x** |" for r in sec["result"]]
+    return lines
+
+
+def render(info, codec_cpu, codec_gpu, rows, skipped, daemon=None, batch=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -173,6 +236,10 @@ def render(info, codec_cpu, codec_gpu, rows, skipped) -> str:
               "|---|---|" + ("---|" if codec_gpu else "")]
     for k, v in codec_cpu.items():
         lines.append(f"| {k} | {v:.2f} |" + (f" {codec_gpu[k]:.2f} |" if codec_gpu else ""))
+    if daemon:
+        lines += render_daemon(daemon, info)
+    if batch:
+        lines += render_batch(batch, info)
     lines += ["", "## Not measured", ""] + [f"- {s}" for s in skipped]
     lines += ["", "## Reading the numbers", "",
               "- On CPU a float32 step is bound by reading the weights (1.2 to 1.4 GB for small). The weight floor "
