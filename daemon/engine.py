@@ -55,6 +55,9 @@ class EngineConfig:
     # request (the bus before it is already mixed): lower is snappier, but the engine thread must then never
     # stall longer (the audio callback itself runs in its own process and does not compete with it).
     min_horizon: float = 0.05
+    # LM streams (KV caches: ~0.6 GB each for musicgen-small in float32) kept allocated between takes, so a request
+    # never waits for one to be allocated and zeroed. Allocated at warm-up.
+    stream_pool: int = 2
 
 
 @dataclass
@@ -153,6 +156,7 @@ class Engine:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ids = itertools.count(self._first_id())
         self.runs: list[Run] = []
+        self.pool: list = []  # idle LM streams, reused by the next takes
         self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
         self.rate = 1.0  # audio seconds one take generates per wall second (measured)
         self.first_latency = 0.5  # seconds from request to a take's first chunk (measured)
@@ -207,7 +211,7 @@ class Engine:
         """Run a short take and a continuation once (kernels, allocator, text encoder) and measure the rate."""
         frames = max(2, round(seconds * self.model.frame_rate))
         t = time.monotonic()
-        take = Take(self.model, "warm up", None, frames, SamplingParams(seed=0), self.cfg.chunk_frames)
+        take = first_take = Take(self.model, "warm up", None, frames, SamplingParams(seed=0), self.cfg.chunk_frames)
         first = None
         for _ in take:
             first = first or time.monotonic() - t
@@ -218,6 +222,7 @@ class Engine:
         for _ in take:
             pass
         self.rate = frames / self.model.frame_rate / max(took, 1e-6)
+        self.pool = [first_take.stream, take.stream][: self.cfg.stream_pool]
         self.first_latency = first or took
 
     # -- engine thread ----------------------------------------------------------------------------------------------
@@ -260,6 +265,8 @@ class Engine:
 
     def _handle(self, rid: int, cmd: Command, t: float) -> None:
         if isinstance(cmd, (Generate, Continue, Retry)):
+            if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
+                raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
             # Setting a take up (encoding its prompt, prefilling the LM) keeps this thread from mixing for a while:
             # the bus gets that much more of what is playing first, so nothing drops out meanwhile.
             if self.cfg.pace != "asap":
@@ -316,10 +323,22 @@ class Engine:
             meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
             heard = (pcm, sr)
         sampling = d.sampling(cmd.sampling, cmd.seed)
-        take = Take(self.model, text, prompt, self._frames_for(samples), sampling, self.cfg.chunk_frames)
+        take = self._with_stream(lambda stream: Take(self.model, text, prompt, self._frames_for(samples), sampling,
+                                                     self.cfg.chunk_frames, stream=stream))
         codes = None if prompt is None else prompt[0].cpu().numpy().astype(np.int16)  # [K, P]
         self._launch(rid, meta["cmd"], take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
                      prompt_audio=heard)
+
+    def _with_stream(self, make: Callable[[object], Take]) -> Take:
+        """`make(stream)` with a pooled stream when one is idle (else the take allocates its own); the stream goes
+        back to the pool if the take cannot be made."""
+        stream = self.pool.pop() if self.pool else None
+        try:
+            return make(stream)
+        except BaseException:
+            if stream is not None:
+                self.pool.append(stream)
+            raise
 
     def _retry(self, rid: int, cmd: Retry, t: float) -> None:
         tid = cmd.take if cmd.take is not None else max(self.snapshots, default=None)
@@ -329,7 +348,8 @@ class Engine:
         snap, meta = self.snapshots[tid]
         samples = meta["samples"]
         seed = cmd.seed if cmd.seed is not None else int.from_bytes(os.urandom(4), "little")
-        take = Take.from_snapshot(self.model, snap, self._frames_for(samples), seed, self.cfg.chunk_frames)
+        take = self._with_stream(lambda stream: Take.from_snapshot(self.model, snap, self._frames_for(samples), seed,
+                                                                   self.cfg.chunk_frames, stream))
         lane = cmd.lane if cmd.lane is not None else meta["lane"]
         # Resumed from the prompt state in memory: nothing is encoded or prefilled again.
         again = dict(meta["meta"], cmd="retry", retry_of=tid, prompt_encode_s=0.0)
@@ -339,8 +359,6 @@ class Engine:
                 meta: dict, t: float, snap: TakeSnapshot | None = None, prompt_codes: np.ndarray | None = None,
                 prompt_audio: tuple[np.ndarray, int] | None = None) -> None:
         """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
-        if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
-            raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
         snap = snap or take.snapshot()
         self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta, prompt_codes=prompt_codes))
         while len(self.snapshots) > 8:
@@ -462,6 +480,8 @@ class Engine:
             if done:
                 self._finish(run, "stopped" if v.stop_at is not None and v.stop_at < v.queued_end else "done")
                 self.runs.remove(run)
+                if len(self.pool) < self.cfg.stream_pool:
+                    self.pool.append(run.take.stream)
 
     def _finish(self, run: Run, state: str) -> None:
         v = run.voice

@@ -6,6 +6,7 @@ decoding prompt + continuation in one pass) and starts exactly where the prompt 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,7 +16,7 @@ import torch
 from segue.models.codec.encodec import DecoderStream
 from segue.models.errors import RequestError
 from segue.models.lm.config import MAX_TEXT_TOKENS, SamplingParams
-from segue.models.lm.stream import max_prompt_frames, step_streams
+from segue.models.lm.stream import LMStream, max_prompt_frames, step_streams
 from segue.models.musicgen import MusicGen
 
 MAX_SECONDS = 3600.0  # one take; beyond this a request is almost certainly a typo (ms for s)
@@ -70,9 +71,17 @@ class Take:
     """
 
     def __init__(self, model: MusicGen, text: str | None, prompt: torch.Tensor | None, frames: int | None,
-                 sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25, _resume: "TakeSnapshot" = None):
+                 sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25, _resume: "TakeSnapshot" = None,
+                 stream: LMStream | None = None):
         self.model, self.frames, self.chunk_frames = model, frames, chunk_frames
-        self.stream = model.stream(1, sampling)
+        if stream is None:
+            self.stream = model.stream(1, sampling)
+        else:  # a finished take's stream, reused: its caches are overwritten, never reallocated
+            if stream.lm is not model.lm or stream.B != 1:
+                raise ValueError("a reused stream must be a 1-item stream of this model's LM")
+            self.stream = stream
+            stream.set_sampling(sampling)
+            stream.reseed(sampling.seed if sampling.seed is not None else int.from_bytes(os.urandom(4), "little"))
         self.decoders: list[DecoderStream] = [model.codec.stream_decoder(1) for _ in range(model.codec_passes)]
         self.codes: list[torch.Tensor] = []  # new frames, on the host, as read
         if _resume is not None:
@@ -93,10 +102,10 @@ class Take:
 
     @classmethod
     def from_snapshot(cls, model: MusicGen, snap: "TakeSnapshot", frames: int | None, seed: int | None = None,
-                      chunk_frames: int = 25) -> "Take":
-        """A new take in its own buffers, resumed from another take's snapshot (a retry while the original still
-        plays): the prompt is not encoded or prefilled again."""
-        take = cls(model, None, None, frames, snap.stream.sampling, chunk_frames, _resume=snap)
+                      chunk_frames: int = 25, stream: LMStream | None = None) -> "Take":
+        """A new take in its own buffers (`stream`'s, when given), resumed from another take's snapshot (a retry
+        while the original still plays): the prompt is not encoded or prefilled again."""
+        take = cls(model, None, None, frames, snap.stream.sampling, chunk_frames, _resume=snap, stream=stream)
         if seed is not None:
             take.stream.reseed(seed)
         return take

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from segue.models.errors import RequestError
-from segue.models.generation import Take, frames_for, pump_takes
+from segue.models.generation import Take, frames_for, prompt_codes, pump_takes
 from segue.models.lm.config import LMConfig, SamplingParams
 from segue.models.loading.builder import load_model
 from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
@@ -127,3 +127,21 @@ def test_pump_takes_refuses_bad_batches(short_model, tiny_segue):
     with pytest.raises(ValueError, match="different LMs"):
         pump_takes([a, Take(tiny_segue, "x", None, 5, SamplingParams(seed=1))])
     assert pump_takes([]) == []
+
+
+def test_a_reused_stream_gives_the_take_a_fresh_one_would(short_model):
+    """The daemon keeps finished takes' streams (their KV caches) for the next takes: nothing of the old take
+    leaks into the new one, endless re-prompting included."""
+    m = short_model
+    old = Take(m, "old", None, None, SamplingParams(seed=9), chunk_frames=4)
+    for _ in range(3 * m.lm.cfg.context // 4):  # far enough to have used the second cache
+        old.pump()
+    prompt = prompt_codes(m, torch.randn(m.channels, m.hop_length * 6) * 0.1)
+    fresh = Take(m, "new", prompt, 12, SamplingParams(seed=3), chunk_frames=4)
+    reused = Take(m, "new", prompt, 12, SamplingParams(seed=3), chunk_frames=4, stream=old.stream)
+    np.testing.assert_allclose(collect(reused), collect(fresh), atol=1e-6)
+    np.testing.assert_array_equal(reused.new_codes(), fresh.new_codes())
+    unseeded = Take(m, "new", None, 4, SamplingParams(), stream=fresh.stream)
+    assert unseeded.seed != 3  # a reused stream never carries the last take's seed over
+    with pytest.raises(ValueError, match="1-item stream"):
+        Take(m, "new", None, 4, SamplingParams(), stream=m.stream(2))
