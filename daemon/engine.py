@@ -130,6 +130,7 @@ class Run:
         self.first_audio: float | None = None
         self.generating = True
         self.next_progress = 1.0
+        self.changes: list[dict] = []  # `set` values that reached this take while it played, with the frame
 
     def to_device(self, pcm: np.ndarray, last: bool) -> np.ndarray:
         """Model-rate chunk [C, n] -> device-rate, device-channel samples [m, out_channels]."""
@@ -489,8 +490,8 @@ class Engine:
         if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded
             keep = max(0, v.stop_at + v.fade_out - v.start)
             cut = (keep, min(v.fade_out, keep), self._frames_for(keep) or 0)
-        run.files.close(cut, state=state, dropped=v.dropped, first_audio_s=None if run.first_audio is None else
-                        round(run.first_audio - run.created, 4))
+        run.files.close(cut, state=state, dropped=v.dropped, changes=run.changes,
+                        first_audio_s=None if run.first_audio is None else round(run.first_audio - run.created, 4))
         self._changed = True
         self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
                        samples=run.files.samples, frames=run.files.new_frames, dropped=v.dropped))
@@ -515,8 +516,11 @@ class Engine:
             d.prompt_bars = None
         for k, v in values.items():
             setattr(d, k, v)
-        if {"temperature", "top_k", "top_p", "cfg"} & values.keys():
+        knobs = {k: values[k] for k in ("temperature", "top_k", "top_p", "cfg") if k in values}
+        if knobs:
             for r in self.runs:  # a knob moves the music while it plays, from the next step
+                if r.generating:
+                    r.changes.append(dict(knobs, frame=max(0, r.take.stream.frames_ready - r.take.n_prompt)))
                 s = r.take.stream.sampling
                 r.take.stream.set_sampling(replace(s, temperature=values.get("temperature", s.temperature),
                                                    top_k=values.get("top_k", s.top_k),

@@ -8,8 +8,6 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import soxr
-import torch
 import zmq
 
 from segue.daemon.audio_io import NullAudio
@@ -17,6 +15,7 @@ from segue.daemon.client import Client, DaemonError
 from segue.daemon.engine import Engine, EngineConfig
 from segue.daemon.zmq_transport import ZmqServer
 from segue.models.loading.builder import load_model
+from support import offline_take
 
 RATE = 48000
 
@@ -54,8 +53,7 @@ def test_generate_streams_a_take_that_equals_an_offline_decode_of_its_codes(daem
     assert sr == RATE and pcm.shape == (RATE, 2)  # exactly the requested length, on the device's channels
     codes = np.load(done["path"].replace(".wav", ".codes.npy"))
     assert codes.shape[0] == 4 and codes.shape[1] == done["frames"]
-    offline = demo.decode(torch.from_numpy(codes.astype(np.int64))[None])[0, 0].numpy()  # [N] at 32 kHz
-    offline = soxr.resample(offline, demo.sample_rate, RATE, quality="HQ")
+    offline = offline_take(demo, done["path"], RATE)
     fade = round(0.005 * RATE)
     np.testing.assert_allclose(pcm[: RATE - fade, 0], offline[: RATE - fade], atol=1e-4)
     meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
@@ -144,3 +142,37 @@ def test_many_clients_at_once(daemon):
     assert req.poll(5000)
     assert json.loads(req.recv())["ok"]
     req.close(0)
+
+
+def test_takes_playing_together_are_each_exact(daemon, demo):
+    """Two takes at once, stepped in one LM call: each still equals an offline decode of its own codes."""
+    _, _, client = daemon
+    ids = [client.request("generate", prompt=p, seconds=1.0, start="now", seed=k, lane=k)["id"]
+           for k, p in enumerate(("dub", "pads"))]
+    for rid in ids:
+        done = client.wait(rid)
+        pcm, _ = sf.read(done["path"], dtype="float32", always_2d=True)
+        offline = offline_take(demo, done["path"], RATE)
+        fade = round(0.005 * RATE)
+        np.testing.assert_allclose(pcm[: RATE - fade, 0], offline[: RATE - fade], atol=1e-4)
+
+
+def test_set_reaches_a_playing_take(daemon):
+    engine, _, client = daemon
+    rid = client.request("generate", prompt="dub", seconds=3.0, start="now", seed=2, temperature=1.0)["id"]
+    client.wait(rid, "started")
+    client.request("set", temperature=0.2, cfg=5.0)
+    done = client.wait(rid)
+    meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
+    (change,) = meta["changes"]
+    assert change["temperature"] == 0.2 and change["cfg"] == 5.0 and 0 < change["frame"] < done["frames"]
+    client.request("set", temperature=1.0, cfg=3.0)
+
+
+def test_a_client_that_vanishes_mid_take_costs_nothing(daemon):
+    _, server, client = daemon
+    gone = Client(server.endpoint, server.pub_endpoint)
+    rid = gone.request("generate", seconds=0.5, start="now", seed=1)["id"]
+    gone.close()  # before any event or audio reached it
+    done = client.wait(rid)  # the take goes on; everyone else is served
+    assert done["state"] == "done" and client.request("status")["ok"]
