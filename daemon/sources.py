@@ -75,17 +75,24 @@ def prompt_audio(source: Source, *, audio: Audio, grid: Grid, take_audio, folder
         if found is None:
             raise CommandError(NO_SUCH_TAKE, f"there is no take {source.take}; `takes` lists them")
         pcm, sr = found
-        return pcm, sr, dict(source="take", take=source.take)
-    if isinstance(source, FileSource):
+        desc = dict(source="take", take=source.take)
+    elif isinstance(source, FileSource):
         path = allowed_path(source.path, folders)
         try:
             pcm, sr = read_audio(path)
         except AudioInputError as exc:
             raise CommandError(BAD_AUDIO, str(exc)) from exc
-        return pcm, sr, dict(source="file", path=str(path))
-    assert isinstance(source, PcmSource)
-    return source.audio, source.sample_rate, dict(source="pcm", samples=source.audio.shape[1],
-                                                  sample_rate=source.sample_rate)
+        desc = dict(source="file", path=str(path))
+    else:
+        assert isinstance(source, PcmSource)
+        pcm, sr = source.audio, source.sample_rate
+        desc = dict(source="pcm", samples=pcm.shape[1], sample_rate=sr)
+    # The end of the audio is taken as a bar line: `last_bars` is that many bars at the current tempo.
+    keep = source.seconds if source.bars is None else source.bars * grid.samples_per_bar / grid.sample_rate
+    if keep is not None:
+        pcm = pcm[:, max(0, pcm.shape[1] - round(keep * sr)) :]
+        desc.update(last_seconds=round(keep, 6))
+    return pcm, sr, desc
 
 
 def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int, seconds: float | None) -> torch.Tensor:

@@ -94,12 +94,18 @@ class LiveSource:
 
 @dataclass(frozen=True)
 class TakeSource:
+    """A previous take; `seconds` / `bars` keep only its end (default: all of it, up to the model's limit)."""
+
     take: int
+    seconds: float | None = None
+    bars: float | None = None
 
 
 @dataclass(frozen=True)
 class FileSource:
     path: str
+    seconds: float | None = None
+    bars: float | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +114,8 @@ class PcmSource:
 
     audio: np.ndarray
     sample_rate: int
+    seconds: float | None = None
+    bars: float | None = None
 
 
 Source = Union[LiveSource, TakeSource, FileSource, PcmSource]
@@ -289,21 +297,21 @@ def _source(f: _Fields, pcm: np.ndarray | None) -> Source:
     kind = f.take("source", required=True, check=lambda k, v: _text(k, v, 16))
     if kind not in SOURCES:
         raise CommandError(OUT_OF_RANGE, f"'source' must be one of {', '.join(SOURCES)}, got {kind!r}")
+    secs = f.take("last_seconds", check=lambda k, v: _number(k, v, 0.0, MAX_SECONDS, lo_open=True))
+    bars = f.take("last_bars", check=lambda k, v: _number(k, v, 0.0, MAX_BARS, lo_open=True))
+    if secs is not None and bars is not None:
+        raise CommandError(BAD_REQUEST, "give 'last_seconds' or 'last_bars', not both")
     if kind == "live":
-        secs = f.take("last_seconds", check=lambda k, v: _number(k, v, 0.0, MAX_SECONDS, lo_open=True))
-        bars = f.take("last_bars", check=lambda k, v: _number(k, v, 0.0, MAX_BARS, lo_open=True))
-        if secs is not None and bars is not None:
-            raise CommandError(BAD_REQUEST, "give 'last_seconds' or 'last_bars', not both")
         return LiveSource(secs, bars)
     if kind == "take":
-        return TakeSource(f.take("take", required=True))
+        return TakeSource(f.take("take", required=True), secs, bars)
     if kind == "file":
-        return FileSource(f.take("path", required=True, check=lambda k, v: _text(k, v, 4096)))
+        return FileSource(f.take("path", required=True, check=lambda k, v: _text(k, v, 4096)), secs, bars)
     rate = f.take("sample_rate", required=True, check=lambda k, v: _number(k, v, 1000, 384000, integer=True))
     channels = f.take("channels", default=1, check=lambda k, v: _number(k, v, 1, 2, integer=True))
     if pcm is None:
         raise CommandError(MISSING, "source 'pcm' needs the audio as a second message part (float32 samples)")
-    return PcmSource(pcm_from_bytes(pcm, channels), rate)
+    return PcmSource(pcm_from_bytes(pcm, channels), rate, secs, bars)
 
 
 def pcm_from_bytes(raw: bytes | np.ndarray, channels: int) -> np.ndarray:

@@ -176,3 +176,13 @@ def test_a_client_that_vanishes_mid_take_costs_nothing(daemon):
     gone.close()  # before any event or audio reached it
     done = client.wait(rid)  # the take goes on; everyone else is served
     assert done["state"] == "done" and client.request("status")["ok"]
+
+
+def test_continue_the_end_of_a_take(daemon):
+    _, _, client = daemon
+    first = client.wait(client.request("generate", seconds=1.0, start="now", seed=1)["id"])
+    rid = client.request("continue", source="take", take=first["id"], last_seconds=0.4, seconds=0.2,
+                         start="now")["id"]
+    done = client.wait(rid)
+    meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
+    assert meta["source"] == "take" and meta["last_seconds"] == 0.4 and meta["prompt_frames"] == 20  # 0.4 s, 50 Hz

@@ -19,6 +19,8 @@ def test_every_command_parses():
     assert v.parse({"cmd": "status"}) == v.Status() and v.parse({"cmd": "takes"}) == v.Takes()
     assert v.parse({"cmd": "continue", "source": "take", "take": 4}).source == v.TakeSource(4)
     assert v.parse({"cmd": "continue", "source": "file", "path": "a.wav"}).source == v.FileSource("a.wav")
+    assert v.parse({"cmd": "continue", "source": "file", "path": "a.wav", "last_bars": 2}).source == v.FileSource(
+        "a.wav", None, 2.0)
 
 
 def test_pcm_source_is_deinterleaved():
