@@ -22,17 +22,16 @@ from typing import Callable
 
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 
 from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
 from segue.daemon.playback import Mixer, Voice
+from segue.daemon.take_stream import Run
 from segue.daemon.sources import encode_prompt, prompt_audio
 from segue.daemon.takes import TakeFiles, list_takes
 from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue, Generate,
                                      Length, Retry, Sampling, Set, Start, Status, Stop, Takes, Tempo)
-from segue.models.audio import match_channels
 from segue.models.errors import SegueError
 from segue.models.generation import Take, TakeSnapshot, prompt_codes, pump_takes
 from segue.models.lm.config import SamplingParams
@@ -87,58 +86,6 @@ class Defaults:
         if self.endless:
             return Length()
         return Length(seconds=self.seconds) if self.seconds is not None else Length(bars=self.bars)
-
-
-class _Release:
-    """Trims a finite take to its exact length and fades its last samples, across chunk boundaries."""
-
-    def __init__(self, total: int | None, fade: int):
-        self.total, self.fade, self.out = total, fade if total is not None else 0, 0
-        self.held = np.zeros((0, 0), np.float32)
-
-    def feed(self, pcm: np.ndarray, last: bool) -> np.ndarray:
-        if self.total is not None:
-            pcm = pcm[: max(0, self.total - self.out - len(self.held))]
-            last = last or self.out + len(self.held) + len(pcm) >= self.total
-        x = pcm if not len(self.held) else np.concatenate([self.held, pcm])
-        if last:
-            if self.fade and len(x):
-                k = min(self.fade, len(x))
-                x = x.copy()
-                x[-k:] *= ((np.arange(k, 0, -1) - 0.5) / self.fade).astype(np.float32)[:, None]
-            self.held = x[:0]
-        else:
-            cut = max(0, len(x) - self.fade)
-            x, self.held = x[:cut], x[cut:]
-        self.out += len(x)
-        return x
-
-
-class Run:
-    """One take inside the engine: generation, resampling, files and voice."""
-
-    def __init__(self, tid: int, kind: str, take: Take, voice: Voice, files: TakeFiles, total: int | None,
-                 device_rate: int, model: MusicGen, out_channels: int, end_fade: int):
-        self.id, self.kind, self.take, self.voice, self.files, self.total = tid, kind, take, voice, files, total
-        self.resampler = None if model.sample_rate == device_rate else soxr.ResampleStream(
-            model.sample_rate, device_rate, model.channels, dtype="float32", quality="HQ")
-        self.release = _Release(total, end_fade)
-        self.out_channels = out_channels
-        self.state = "queued"
-        self.codes_written = 0
-        self.created = time.monotonic()
-        self.first_audio: float | None = None
-        self.generating = True
-        self.next_progress = 1.0
-        self.changes: list[dict] = []  # `set` values that reached this take while it played, with the frame
-
-    def to_device(self, pcm: np.ndarray, last: bool) -> np.ndarray:
-        """Model-rate chunk [C, n] -> device-rate, device-channel samples [m, out_channels]."""
-        x = np.ascontiguousarray(pcm.T)  # [n, C]
-        if self.resampler is not None:
-            x = self.resampler.resample_chunk(x, last=last)
-        x = match_channels(self.release.feed(x, last).T, self.out_channels).T
-        return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class Engine:

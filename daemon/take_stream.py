@@ -1,0 +1,68 @@
+"""One take on its way from the LM to the listener, as the engine streams it: the model's chunks are resampled to
+the device rate (soxr, streaming: no seam between chunks), trimmed to the exact length with a short release, matched
+to the device's channels, written to the take's files and queued on its voice."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import soxr
+
+from segue.daemon.playback import Voice
+from segue.daemon.takes import TakeFiles
+from segue.models.audio import match_channels
+from segue.models.generation import Take
+from segue.models.musicgen import MusicGen
+
+
+class Release:
+    """Trims a finite take to its exact length and fades its last samples, across chunk boundaries."""
+
+    def __init__(self, total: int | None, fade: int):
+        self.total, self.fade, self.out = total, fade if total is not None else 0, 0
+        self.held = np.zeros((0, 0), np.float32)
+
+    def feed(self, pcm: np.ndarray, last: bool) -> np.ndarray:
+        if self.total is not None:
+            pcm = pcm[: max(0, self.total - self.out - len(self.held))]
+            last = last or self.out + len(self.held) + len(pcm) >= self.total
+        x = pcm if not len(self.held) else np.concatenate([self.held, pcm])
+        if last:
+            if self.fade and len(x):
+                k = min(self.fade, len(x))
+                x = x.copy()
+                x[-k:] *= ((np.arange(k, 0, -1) - 0.5) / self.fade).astype(np.float32)[:, None]
+            self.held = x[:0]
+        else:
+            cut = max(0, len(x) - self.fade)
+            x, self.held = x[:cut], x[cut:]
+        self.out += len(x)
+        return x
+
+
+class Run:
+    """One take inside the engine: generation, resampling, files and voice."""
+
+    def __init__(self, tid: int, kind: str, take: Take, voice: Voice, files: TakeFiles, total: int | None,
+                 device_rate: int, model: MusicGen, out_channels: int, end_fade: int):
+        self.id, self.kind, self.take, self.voice, self.files, self.total = tid, kind, take, voice, files, total
+        self.resampler = None if model.sample_rate == device_rate else soxr.ResampleStream(
+            model.sample_rate, device_rate, model.channels, dtype="float32", quality="HQ")
+        self.release = Release(total, end_fade)
+        self.out_channels = out_channels
+        self.state = "queued"
+        self.codes_written = 0
+        self.created = time.monotonic()
+        self.first_audio: float | None = None
+        self.generating = True
+        self.next_progress = 1.0
+        self.changes: list[dict] = []  # `set` values that reached this take while it played, with the frame
+
+    def to_device(self, pcm: np.ndarray, last: bool) -> np.ndarray:
+        """Model-rate chunk [C, n] -> device-rate, device-channel samples [m, out_channels]."""
+        x = np.ascontiguousarray(pcm.T)  # [n, C]
+        if self.resampler is not None:
+            x = self.resampler.resample_chunk(x, last=last)
+        x = match_channels(self.release.feed(x, last).T, self.out_channels).T
+        return np.ascontiguousarray(x, dtype=np.float32)
