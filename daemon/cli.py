@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-channels", type=int, default=None, metavar="C", help="live input channels (default 2)")
     s.add_argument("--zmq", default=None, help="request socket (default tcp://127.0.0.1:5555)")
     s.add_argument("--pub", default=None, help="event/audio socket (default tcp://127.0.0.1:5556)")
+    s.add_argument("--osc", default=None, metavar="HOST:PORT|none", help="OSC over UDP (default 127.0.0.1:9000)")
     s.add_argument("--takes", default=None, metavar="DIR", help="where takes are written (default ./takes)")
     s.add_argument("--allow", action="append", default=None, metavar="DIR",
                    help="a folder `continue source=file` may read (repeatable; the takes folder always)")

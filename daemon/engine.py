@@ -9,6 +9,7 @@ a transport never waits for a model step.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -105,6 +106,7 @@ class Engine:
         self.ids = itertools.count(self._first_id())
         self.runs: list[Run] = []
         self.pool: list = []  # idle LM streams, reused by the next takes
+        self.later: list = []  # (clock sample, id, command, time) held until their time: a heap
         self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
         self.rate = 1.0  # audio seconds one take generates per wall second (measured)
         self.first_latency = 0.5  # seconds from request to a take's first chunk (measured)
@@ -123,10 +125,14 @@ class Engine:
         return max(taken, default=0) + 1
 
     # -- any thread -------------------------------------------------------------------------------------------------
-    def submit(self, cmd: Command) -> int:
-        """Queue a command; returns its id at once (the id of the take it makes, for take commands)."""
+    def submit(self, cmd: Command, at: int | None = None) -> int:
+        """Queue a command; returns its id at once (the id of the take it makes, for take commands).
+
+        `at`: the clock sample the command is meant for (an OSC bundle's time tag). `tempo` and `stop` take effect
+        exactly there; a take without its own `start` starts there; `set` is held until then.
+        """
         rid = next(self.ids)
-        self.inbox.put((rid, cmd, time.monotonic()))
+        self.inbox.put((rid, cmd, time.monotonic(), at))
         self._wake.set()
         return rid
 
@@ -199,19 +205,31 @@ class Engine:
                 self._wake.clear()
 
     def _drain(self) -> None:
+        now = self.audio.now()
+        while self.later and self.later[0][0] <= now:  # held commands whose time has come
+            _, rid, cmd, t = heapq.heappop(self.later)
+            self._handle_reporting(rid, cmd, t, None)
         while True:
             try:
-                rid, cmd, t = self.inbox.get_nowait()
+                rid, cmd, t, at = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            try:
-                self._handle(rid, cmd, t)
-            except CommandError as exc:
-                self.emit(dict(event="error", id=rid, code=exc.code, message=exc.message))
-            except SegueError as exc:
-                self.emit(dict(event="error", id=rid, code=MODEL_ERROR, message=str(exc)))
+            if at is not None and isinstance(cmd, Set) and at > now:
+                heapq.heappush(self.later, (at, rid, cmd, t))
+                continue
+            self._handle_reporting(rid, cmd, t, at)
 
-    def _handle(self, rid: int, cmd: Command, t: float) -> None:
+    def _handle_reporting(self, rid: int, cmd: Command, t: float, at: int | None) -> None:
+        try:
+            self._handle(rid, cmd, t, at)
+        except CommandError as exc:
+            self.emit(dict(event="error", id=rid, code=exc.code, message=exc.message))
+        except SegueError as exc:
+            self.emit(dict(event="error", id=rid, code=MODEL_ERROR, message=str(exc)))
+
+    def _handle(self, rid: int, cmd: Command, t: float, at: int | None = None) -> None:
+        if at is not None and isinstance(cmd, (Generate, Continue, Retry)) and cmd.start is None:
+            cmd = replace(cmd, start=Start(None, at))
         if isinstance(cmd, (Generate, Continue, Retry)):
             if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
                 raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
@@ -226,11 +244,12 @@ class Engine:
                 self._new_take(rid, cmd, t)
             self.setup_s = max(time.monotonic() - t_setup, 0.8 * self.setup_s)
         elif isinstance(cmd, Stop):
-            self._stop_takes(rid, cmd)
+            self._stop_takes(rid, cmd, at)
         elif isinstance(cmd, Set):
             self._set(rid, cmd)
         elif isinstance(cmd, Tempo):
-            self.grid = self.grid.retempo(self.audio.now(), cmd.bpm, cmd.beats_per_bar, cmd.beat)
+            self.grid = self.grid.retempo(self.audio.now() if at is None else at, cmd.bpm, cmd.beats_per_bar,
+                                          cmd.beat)
             self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm,
                            beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor))
         elif isinstance(cmd, (Status, Takes)):
@@ -443,11 +462,11 @@ class Engine:
         self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
                        samples=run.files.samples, frames=run.files.new_frames, dropped=v.dropped))
 
-    def _stop_takes(self, rid: int, cmd: Stop) -> None:
+    def _stop_takes(self, rid: int, cmd: Stop, when: int | None = None) -> None:
         runs = [r for r in self.runs if cmd.take is None or r.id == cmd.take]
         if cmd.take is not None and not runs:
             raise CommandError(NO_SUCH_TAKE, f"take {cmd.take} is not playing")
-        at = self.mixer.next_free
+        at = max(self.mixer.next_free, when or 0)
         for r in runs:
             r.voice.stop(at, round(cmd.fade * self.sr))
         self.emit(dict(event="done", id=rid, cmd="stop", takes=[r.id for r in runs], at=at))

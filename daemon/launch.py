@@ -26,7 +26,7 @@ class ServeProcess:
                  preexec: Callable[[], None] | None = None, echo: Callable[[str], None] | None = None,
                  timeout: float = 180.0):
         cmd = [sys.executable, "-m", "segue.daemon.cli", "serve", "--model", model, "--zmq", "tcp://127.0.0.1:*",
-               "--pub", "tcp://127.0.0.1:*", "--takes", str(takes), *args]
+               "--pub", "tcp://127.0.0.1:*", "--osc", "127.0.0.1:0", "--takes", str(takes), *args]
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      preexec_fn=preexec)
         self.lines: list[str] = []
@@ -37,8 +37,10 @@ class ServeProcess:
         if not self._ready.wait(timeout) or self.ready_line is None:
             self.stop()
             raise SegueError("segue serve did not start:\n" + "".join(self.lines[-30:]))
-        m = re.search(r"zmq (\S+) pub (\S+)", self.ready_line)
+        m = re.search(r"zmq (\S+) pub (\S+) \| osc (\S+)", self.ready_line)
         self.endpoint, self.pub = m.group(1), m.group(2)
+        host, _, port = m.group(3).rpartition(":")
+        self.osc = (host, int(port)) if port.isdigit() else None
 
     def _read(self) -> None:
         for line in self.proc.stdout:

@@ -31,6 +31,7 @@ class ServeSettings:
     output_channels: int = 2
     zmq: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
+    osc: str = "127.0.0.1:9000"  # HOST:PORT for OSC over UDP, or "none"
     takes: str = "takes"
     allow: tuple[str, ...] = ()
     pace: str = "realtime"
@@ -67,7 +68,18 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
     for ep in (s.zmq, s.pub):
         if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
             log.warning("listening on %s: reachable from the network", ep)
+    if s.osc != "none":
+        osc_address(s.osc)
+        if not s.osc.startswith(("127.0.0.1:", "localhost:")):
+            log.warning("OSC on %s: reachable from the network", s.osc)
     return s
+
+
+def osc_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"--osc must be HOST:PORT (e.g. 127.0.0.1:9000) or none, got {text!r}")
+    return host, int(port)
 
 
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
@@ -81,26 +93,42 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
     audio = open_audio(AudioConfig(audio_device, s.sample_rate, s.block_size, s.input_channels, s.output_channels),
                        fallback_rate=48000)
     cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace)
-    zmq_server = None
-    engine = Engine(model, audio, cfg, emit=lambda ev: zmq_server and zmq_server.event(ev))
+    transports: list = []  # every transport hears every event
+    engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports])
     engine.warm_up()
     zmq_server = ZmqServer(engine, s.zmq, s.pub)
     engine.mixer.publish = zmq_server.audio
+    transports.append(zmq_server)
+    osc = None
+    if s.osc != "none":
+        from segue.osc_bridge.osc_server import OscServer
+
+        host, port = osc_address(s.osc)
+        try:
+            osc = OscServer(engine, host, port)
+        except OSError as exc:
+            zmq_server.close()
+            raise SettingsError(f"cannot listen for OSC on {s.osc} ({exc.strerror}); pick another with --osc "
+                                "HOST:PORT or turn it off with --osc none") from exc
+        transports.append(osc)
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         if threading.current_thread() is threading.main_thread():
             signal.signal(sig, lambda *_: stop.set())
     try:
         engine.start()
-        zmq_server.start()
+        for t in transports:
+            t.start()
         st = audio.status()
         ready(f"segue ready: model {model.info.ref} ({model.info.kind}, {model.sample_rate} Hz) on {model.device}"
               f" | audio {st['audio_device']} {audio.sample_rate} Hz, block {audio.block}, "
               f"latency out {1000 * audio.output_latency / audio.sample_rate:.1f} ms "
               f"in {1000 * audio.input_latency / audio.sample_rate:.1f} ms"
               f" | {engine.rate:.2f}x real time, first chunk {1000 * engine.first_latency:.0f} ms"
-              f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint} | takes {cfg.takes_dir}", flush=True)
+              f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint}"
+              f" | osc {'%s:%d' % osc.address if osc else 'off'} | takes {cfg.takes_dir}", flush=True)
         stop.wait()
     finally:
-        zmq_server.close()
+        for t in transports:
+            t.close()
         engine.close()

@@ -21,16 +21,13 @@ import numpy as np
 import zmq
 
 from segue.daemon.engine import Engine
-from segue.daemon.vocabulary import BAD_JSON, TOO_LARGE, CommandError, Status, Takes, parse
+from segue.daemon.dispatch import answer, error_reply
+from segue.daemon.vocabulary import BAD_JSON, TOO_LARGE
 
 log = logging.getLogger("segue.zmq")
 
 MAX_JSON_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 256 << 20  # larger messages are dropped by ZeroMQ itself (the peer is disconnected)
-
-
-def error_reply(code: str, message: str) -> dict:
-    return dict(ok=False, code=code, message=message)
 
 
 def handle_request(engine: Engine, frames: list[bytes]) -> dict:
@@ -43,15 +40,7 @@ def handle_request(engine: Engine, frames: list[bytes]) -> dict:
         request = json.loads(frames[0])
     except (ValueError, UnicodeDecodeError) as exc:
         return error_reply(BAD_JSON, f"the request is not valid JSON ({exc})")
-    try:
-        cmd = parse(request, frames[1] if len(frames) == 2 else None)
-    except CommandError as exc:
-        return error_reply(exc.code, exc.message)
-    if isinstance(cmd, Status):
-        return dict(ok=True, cmd="status", status=engine.status())
-    if isinstance(cmd, Takes):
-        return dict(ok=True, cmd="takes", takes=engine.takes())
-    return dict(ok=True, cmd=request["cmd"], id=engine.submit(cmd))
+    return answer(engine, request, frames[1] if len(frames) == 2 else None)
 
 
 class ZmqServer:

@@ -1,5 +1,6 @@
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -7,10 +8,12 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from pythonosc.osc_packet import OscPacket
 
 from jack_rig import Daemon
 from segue.daemon.client import Client
 from segue.daemon.serve import SettingsError, load_settings
+from segue.osc_bridge.osc_server import encode
 
 
 def test_flags_override_the_toml_file(tmp_path):
@@ -21,7 +24,7 @@ def test_flags_override_the_toml_file(tmp_path):
 
 
 @pytest.mark.parametrize("text, words", [("model = ", "not valid TOML"), ("volume = 3", "unknown setting"),
-                                         ("pace = 'later'", "pace must be")])
+                                         ("pace = 'later'", "pace must be"), ("osc = 'nope'", "HOST:PORT")])
 def test_bad_config_is_one_clear_error(tmp_path, text, words):
     cfg = tmp_path / "segue.toml"
     cfg.write_text(text)
@@ -75,6 +78,11 @@ def test_pace_asap_renders_takes_faster_than_real_time(tmp_path):
     try:
         client = Client(daemon.endpoint, daemon.pub, timeout=10)
         assert client.request("status")["status"]["pace"] == "asap"
+        osc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the OSC transport is up in the same process
+        osc.settimeout(5)
+        osc.sendto(encode("/segue/sync", 3), daemon.osc)
+        assert OscPacket(osc.recv(1024)).messages[0].message.address == "/segue/synced"
+        osc.close()
         t = time.monotonic()
         done = client.wait(client.request("generate", prompt="pad", seconds=6.0, start="next_bar", seed=1)["id"])
         took = time.monotonic() - t

@@ -1,0 +1,27 @@
+"""One request, whatever transport it came by: checked against the vocabulary, then answered from the engine's
+snapshots (`status`, `takes`) or queued for the engine thread. Never runs model work, never raises for bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segue.daemon.engine import Engine
+from segue.daemon.vocabulary import CommandError, Status, Takes, parse
+
+
+def error_reply(code: str, message: str) -> dict:
+    return dict(ok=False, code=code, message=message)
+
+
+def answer(engine: Engine, request, pcm: bytes | np.ndarray | None = None, at: int | None = None) -> dict:
+    """`{"ok": true, "cmd": ..., "id": N}` (or the status / takes snapshot), or `{"ok": false, "code", "message"}`.
+    `at`: the clock sample the command is meant for (see `Engine.submit`)."""
+    try:
+        cmd = parse(request, pcm)
+    except CommandError as exc:
+        return error_reply(exc.code, exc.message)
+    if isinstance(cmd, Status):
+        return dict(ok=True, cmd="status", status=engine.status())
+    if isinstance(cmd, Takes):
+        return dict(ok=True, cmd="takes", takes=engine.takes())
+    return dict(ok=True, cmd=request["cmd"], id=engine.submit(cmd, at))

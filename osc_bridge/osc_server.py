@@ -1,0 +1,240 @@
+"""The OSC transport: a UDP server that turns messages (addresses.py) into the daemon's commands, queues them for
+the engine, and answers the sender in scsynth's manner.
+
+- Every accepted command -> `/segue/done <cmd> <id>` to its sender; a refusal, now or later (an engine error for
+  that id), -> `/segue/fail <cmd> <message> <code>`.
+- `/segue/notify 1` registers the sender for take events; `/segue/sync n` -> `/segue/synced n`.
+- A bundle whose time tag is in the future is scheduled on the audio clock (never by sleeping here): a take
+  without its own `start` starts at that time, `tempo` and `stop` act at it, `set` is held until it.
+- The receive thread only parses and queues. A flood is cut by a per-sender rate limit (answered with
+  `/segue/fail ... rate_limited` at most once a second), so the engine and the audio never notice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import OrderedDict
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket, ParseError
+
+from segue.daemon.dispatch import answer
+from segue.daemon.engine import Engine
+from segue.osc_bridge.addresses import PREFIX, OscError, to_request
+
+log = logging.getLogger("segue.osc")
+
+MAX_PACKET = 65507  # the largest UDP payload; a larger OSC packet cannot arrive whole anyway
+RATE_LIMIT = 500  # messages per second per sender
+MAX_NOTIFY = 32  # registered event listeners
+MAX_PENDING = 4096  # ids whose sender is remembered for later /segue/fail
+
+
+def encode(address: str, *args) -> bytes:
+    b = OscMessageBuilder(address)
+    for a in args:
+        if isinstance(a, bool):
+            b.add_arg(int(a))
+        elif a is None:
+            b.add_arg("")
+        else:
+            b.add_arg(a)
+    return b.build().dgram
+
+
+class OscServer:
+    def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 9000):
+        self.engine = engine
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.sock.settimeout(0.05)
+        self.address = self.sock.getsockname()
+        self.listeners: list[tuple[str, int]] = []
+        # Senders that cannot receive on the port they send from (liblo's oscsend, Max's udpsend/udpreceive pair)
+        # name a reply port with `/segue/notify 1 PORT`: every answer to that host goes there.
+        self.reply_ports: dict[str, int] = {}
+        self.pending: OrderedDict[int, tuple[tuple[str, int], str]] = OrderedDict()  # id -> (sender, cmd)
+        self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # events from the engine thread
+        self._rate: dict[tuple[str, int], list] = {}  # sender -> [window start, count, last fail sent]
+        self.dropped = 0  # messages refused by the rate limit
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="segue-osc", daemon=True)
+
+    # Called from the engine thread: hand over only.
+    def event(self, ev: dict) -> None:
+        self.outbox.put(ev)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
+        self.sock.close()
+
+    # -- the server thread ------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, sender = self.sock.recvfrom(MAX_PACKET)
+            except socket.timeout:
+                data = None
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            if data is not None:
+                try:
+                    self._packet(data, sender)
+                except Exception:  # never let one packet take the transport down
+                    log.exception("OSC packet from %s", sender)
+            self._flush_events()
+
+    def _reply_to(self, sender: tuple[str, int]) -> tuple[str, int]:
+        port = self.reply_ports.get(sender[0])
+        return sender if port is None else (sender[0], port)
+
+    def _send(self, to: tuple[str, int], address: str, *args) -> None:
+        to = self._reply_to(to)
+        try:
+            self.sock.sendto(encode(address, *args), to)
+        except OSError:
+            pass  # the sender is gone: nothing is owed to it
+
+    def _limited(self, sender: tuple[str, int]) -> bool:
+        now = time.monotonic()
+        r = self._rate.setdefault(sender, [now, 0, 0.0])
+        if now - r[0] >= 1.0:
+            r[0], r[1] = now, 0
+        r[1] += 1
+        if r[1] <= RATE_LIMIT:
+            return False
+        self.dropped += 1
+        if now - r[2] >= 1.0:
+            r[2] = now
+            self._send(sender, f"{PREFIX}/fail", "*", f"more than {RATE_LIMIT} messages a second; slow down",
+                       "rate_limited")
+        return True
+
+    def _packet(self, data: bytes, sender: tuple[str, int]) -> None:
+        try:
+            timed = OscPacket(data).messages
+        except ParseError as exc:
+            if not self._limited(sender):
+                self._send(sender, f"{PREFIX}/fail", "*", f"not an OSC packet ({exc})", "bad_request")
+            return
+        for tm in timed:
+            if self._limited(sender):
+                return
+            self._message(tm.message.address, list(tm.message.params), tm.time, sender)
+
+    def _message(self, path: str, args: list, when: float, sender: tuple[str, int]) -> None:
+        name = path.rsplit("/", 1)[-1]
+        try:
+            addr, fields = to_request(path, args)
+        except OscError as exc:
+            self._send(sender, f"{PREFIX}/fail", name, exc.message, exc.code)
+            return
+        if addr.cmd is None:
+            self._control(addr.path, fields, sender)
+            return
+        if addr.cmd == "takes":
+            count = fields.pop("count", 10)
+        at = self._clock_sample(when)
+        reply = answer(self.engine, fields, None, at)
+        if not reply["ok"]:
+            self._send(sender, f"{PREFIX}/fail", addr.cmd, reply["message"], reply["code"])
+        elif addr.cmd == "status":
+            self._send(sender, addr.reply, *status_args(reply["status"]))
+        elif addr.cmd == "takes":
+            paths = [t.get("wav", "") for t in reply["takes"][: max(0, int(count))]]
+            self._send(sender, addr.reply, *paths)
+        else:
+            rid = reply["id"]
+            self.pending[rid] = (sender, addr.cmd)
+            while len(self.pending) > MAX_PENDING:
+                self.pending.popitem(last=False)
+            self._send(sender, f"{PREFIX}/done", addr.cmd, rid)
+
+    def _clock_sample(self, when: float) -> int | None:
+        """An OSC time (seconds since the epoch) -> the audio clock sample heard then; None for 'now'."""
+        ahead = when - time.time()
+        if ahead <= 0.001:
+            return None
+        audio = self.engine.audio
+        return int(audio.now() + ahead * audio.sample_rate)
+
+    def _control(self, path: str, fields: dict, sender: tuple[str, int]) -> None:
+        if path.endswith("/notify"):
+            on, port = fields.get("on"), fields.get("port")
+            if on not in (0, 1) or (port is not None and (not isinstance(port, int) or not 0 < port < 65536)):
+                self._send(sender, f"{PREFIX}/fail", "notify", "notify takes 1 (on) or 0 (off), then optionally "
+                                                               "the port to answer to", "bad_type")
+                return
+            if port is not None:
+                self.reply_ports[sender[0]] = port
+            sender = self._reply_to(sender)
+            if on and sender not in self.listeners:
+                if len(self.listeners) >= MAX_NOTIFY:
+                    self._send(sender, f"{PREFIX}/fail", "notify", f"{MAX_NOTIFY} listeners already", "busy")
+                    return
+                self.listeners.append(sender)
+            elif not on and sender in self.listeners:
+                self.listeners.remove(sender)
+            self._send(sender, f"{PREFIX}/done", "notify", int(on))
+        else:  # sync: everything sent before it is queued by now (this thread handles packets in order)
+            n = fields.get("n")
+            if not isinstance(n, (int, float)) or isinstance(n, bool):
+                self._send(sender, f"{PREFIX}/fail", "sync", "sync takes a number", "bad_type")
+                return
+            self._send(sender, f"{PREFIX}/synced", n)
+
+    def _flush_events(self) -> None:
+        while True:
+            try:
+                ev = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._deliver(ev)
+
+    def _deliver(self, ev: dict) -> None:
+        rid, kind = ev.get("id"), ev.get("event")
+        if kind == "error" and rid in self.pending:
+            sender, cmd = self.pending[rid]
+            self._send(sender, f"{PREFIX}/fail", cmd, ev.get("message", ""), ev.get("code", "internal"))
+        msg = event_message(ev)
+        if msg is not None:
+            for to in list(self.listeners):
+                self._send(to, *msg)
+        if kind in ("done", "error"):
+            self.pending.pop(rid, None)
+
+
+def event_message(ev: dict) -> tuple | None:
+    """An engine event -> the OSC message for notify listeners (None: not a take event)."""
+    kind, rid = ev.get("event"), ev.get("id")
+    if kind == "queued":
+        return (f"{PREFIX}/take/queued", rid, int(ev["start"]), ev["path"])
+    if kind == "started":
+        return (f"{PREFIX}/take/started", rid, int(ev["start"]))
+    if kind == "progress":
+        return (f"{PREFIX}/take/progress", rid, float(ev["generated_s"]), float(ev["played_s"]))
+    if kind == "done" and "state" in ev:
+        return (f"{PREFIX}/take/done", ev["path"], rid, ev["state"])
+    if kind == "error" and rid is not None:
+        return (f"{PREFIX}/take/error", rid, ev.get("code", "internal"), ev.get("message", ""))
+    return None
+
+
+def status_args(st: dict) -> list:
+    """`/segue/status.reply model device audio_device running load buffer_ms xruns underruns model_rate device_rate
+    bpm beat takes` (load: the engine's share of real time, 1/headroom)."""
+    a = st["audio"]
+    return [st["model"], st["device"], a["audio_device"], int(a["running"]), round(1.0 / max(st["rate"], 1e-6), 4),
+            float(st["horizon_ms"]), int(a["xruns"]), int(a["underruns"]), int(st["model_rate"]),
+            int(a["sample_rate"]), float(st["tempo"]["bpm"]), float(st["tempo"]["beat"]), len(st["takes"])]
