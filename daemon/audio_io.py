@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from segue.daemon.rings import BLOCK_NS, BLOCK_POS, BLOCKS, GO, XRUN_FLAGS, XRUNS, SharedAudio
+from segue.daemon.service import Service
 from segue.models.errors import SegueError
 
 log = logging.getLogger("segue.audio")
@@ -105,14 +106,13 @@ class Audio:
         raise NotImplementedError
 
 
-class _RealTimeClock:
+class _RealTimeClock(Service):
     """Runs `process` on silent blocks at real time, on its own thread (no device, or while the device is lost)."""
 
     def __init__(self, audio: Audio):
+        super().__init__("segue-clock")
         self.audio = audio
         self._out = np.zeros((audio.block, audio.out_channels), dtype=np.float32)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="segue-clock", daemon=True)
 
     def _run(self) -> None:
         period = self.audio.block / self.audio.sample_rate
@@ -124,14 +124,6 @@ class _RealTimeClock:
             delay = t0 + n * period - time.monotonic()
             if delay > 0:
                 self._stop.wait(delay)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
 
 
 class NullAudio(Audio):
@@ -147,7 +139,7 @@ class NullAudio(Audio):
         self._clock.start()
 
     def close(self) -> None:
-        self._clock.stop()
+        self._clock.close()
         self.running = False
 
 
@@ -261,7 +253,7 @@ class DeviceAudio(Audio):
             self._connect(worker)
         except AudioDeviceError:
             return  # not back yet
-        self._standin.stop()  # from here on only the new worker's callback moves the rings
+        self._standin.close()  # from here on only the new worker's callback moves the rings
         self._standin = None
         self.worker = worker
         self.counters[GO] = 1
@@ -275,7 +267,7 @@ class DeviceAudio(Audio):
             self._watch.join(timeout=3)
         self.counters[GO] = 0
         if self._standin is not None:
-            self._standin.stop()
+            self._standin.close()
         if self.worker is not None:
             self.worker.kill()
         self.running = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from segue.daemon.engine import Engine
+from segue.daemon.service import Service
 from segue.daemon.vocabulary import CommandError, Status, Takes, parse
 
 
@@ -25,3 +26,11 @@ def answer(engine: Engine, request, pcm: bytes | np.ndarray | None = None, at: i
     if isinstance(cmd, Takes):
         return dict(ok=True, cmd="takes", takes=engine.takes())
     return dict(ok=True, cmd=request["cmd"], id=engine.submit(cmd, at))
+
+
+class Transport(Service):
+    """A transport's thread. Events from the engine thread arrive through `event`: subclasses queue them and their
+    own thread sends them (a socket is only ever touched by its transport's thread)."""
+
+    def event(self, ev: dict) -> None:
+        raise NotImplementedError

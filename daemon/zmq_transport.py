@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 
 import numpy as np
 import zmq
 
 from segue.daemon.engine import Engine
-from segue.daemon.dispatch import answer, error_reply
+from segue.daemon.dispatch import Transport, answer, error_reply
 from segue.daemon.vocabulary import BAD_JSON, TOO_LARGE
 
 log = logging.getLogger("segue.zmq")
@@ -43,8 +42,9 @@ def handle_request(engine: Engine, frames: list[bytes]) -> dict:
     return answer(engine, request, frames[1] if len(frames) == 2 else None)
 
 
-class ZmqServer:
+class ZmqServer(Transport):
     def __init__(self, engine: Engine, endpoint: str, pub_endpoint: str | None, context: zmq.Context | None = None):
+        super().__init__("segue-zmq")
         self.engine = engine
         self.ctx = context or zmq.Context.instance()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -62,8 +62,6 @@ class ZmqServer:
             self.pub.bind(pub_endpoint)
             self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="segue-zmq", daemon=True)
 
     # Called from the engine thread: hand over, never touch the sockets (they belong to the transport thread).
     def event(self, ev: dict) -> None:
@@ -73,13 +71,7 @@ class ZmqServer:
         header = dict(start=start, sample_rate=self.engine.sr, channels=pcm.shape[1], frames=pcm.shape[0])
         self.outbox.put((b"audio", json.dumps(header).encode(), pcm.tobytes()))
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=2)
+    def _release(self) -> None:
         self.router.close()
         if self.pub is not None:
             self.pub.close()

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import threading
 import time
 from collections import OrderedDict
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
-from segue.daemon.dispatch import answer
+from segue.daemon.dispatch import Transport, answer
 from segue.daemon.engine import Engine
 from segue.osc_bridge.addresses import PREFIX, OscError, to_request
 
@@ -46,8 +45,9 @@ def encode(address: str, *args) -> bytes:
     return b.build().dgram
 
 
-class OscServer:
+class OscServer(Transport):
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 9000):
+        super().__init__("segue-osc")
         self.engine = engine
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
@@ -61,20 +61,12 @@ class OscServer:
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # events from the engine thread
         self._rate: dict[tuple[str, int], list] = {}  # sender -> [window start, count, last fail sent]
         self.dropped = 0  # messages refused by the rate limit
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="segue-osc", daemon=True)
 
     # Called from the engine thread: hand over only.
     def event(self, ev: dict) -> None:
         self.outbox.put(ev)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=2)
+    def _release(self) -> None:
         self.sock.close()
 
     # -- the server thread ------------------------------------------------------------------------------------------

@@ -51,3 +51,11 @@ def tiny_segue(tiny):
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """The built-in demo model (random weights from a fixed seed), loaded once."""
+    from segue.models.loading.builder import load_model
+
+    return load_model("demo")

@@ -348,3 +348,19 @@ def offline_take(model, wav_path: str, rate: int) -> np.ndarray:
     pcm = model.decode(codes)[0, 0].numpy()  # [N] at the model rate
     pcm = pcm[meta["prompt_frames"] * model.hop_length :]
     return soxr.resample(pcm, model.sample_rate, rate, quality="HQ")
+
+
+def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: int = 48000):
+    """A warmed-up engine on the no-device clock (`--audio-device none`) and the transport `make_transport(engine)`
+    builds for it, both running -> (engine, transport). Close the transport, then the engine."""
+    from segue.daemon.audio_io import NullAudio
+    from segue.daemon.engine import Engine, EngineConfig
+
+    transports = []
+    engine = Engine(model, NullAudio(rate, 2, 256), EngineConfig(takes, allowed),
+                    emit=lambda ev: transports and transports[0].event(ev))
+    engine.warm_up(0.2)
+    transports.append(make_transport(engine))
+    engine.start()
+    transports[0].start()
+    return engine, transports[0]

@@ -10,32 +10,22 @@ import pytest
 import soundfile as sf
 import zmq
 
-from segue.daemon.audio_io import NullAudio
 from segue.daemon.client import Client, DaemonError
-from segue.daemon.engine import Engine, EngineConfig
 from segue.daemon.zmq_transport import ZmqServer
-from segue.models.loading.builder import load_model
-from support import offline_take
+from support import offline_take, start_engine
 
 RATE = 48000
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
+def _zmq(engine):
+    server = ZmqServer(engine, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    engine.mixer.publish = server.audio
+    return server
 
 
 @pytest.fixture
 def daemon(demo, tmp_path):
-    audio = NullAudio(RATE, 2, 256)
-    server = None
-    engine = Engine(demo, audio, EngineConfig(tmp_path / "takes", (tmp_path / "loops",)),
-                    emit=lambda ev: server and server.event(ev))
-    engine.warm_up(0.2)
-    server = ZmqServer(engine, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
-    engine.mixer.publish = server.audio
-    engine.start()
-    server.start()
+    engine, server = start_engine(demo, tmp_path / "takes", _zmq, (tmp_path / "loops",))
     client = Client(server.endpoint, server.pub_endpoint)
     time.sleep(0.3)  # let the subscription reach the publisher
     yield engine, server, client

@@ -9,28 +9,15 @@ from pythonosc.osc_bundle_builder import OscBundleBuilder
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
-from segue.daemon.audio_io import NullAudio
-from segue.daemon.engine import Engine, EngineConfig
-from segue.models.loading.builder import load_model
 from segue.osc_bridge.osc_server import RATE_LIMIT, OscServer, encode
+from support import start_engine
 
 RATE = 48000
 
 
-@pytest.fixture(scope="module")
-def demo():
-    return load_model("demo")
-
-
 @pytest.fixture
 def osc(demo, tmp_path):
-    audio = NullAudio(RATE, 2, 256)
-    server = None
-    engine = Engine(demo, audio, EngineConfig(tmp_path / "takes"), emit=lambda ev: server and server.event(ev))
-    engine.warm_up(0.2)
-    server = OscServer(engine, "127.0.0.1", 0)
-    engine.start()
-    server.start()
+    engine, server = start_engine(demo, tmp_path / "takes", lambda e: OscServer(e, "127.0.0.1", 0))
     yield engine, server
     server.close()
     engine.close()
