@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--zmq", default=None, help="request socket (default tcp://127.0.0.1:5555)")
     s.add_argument("--pub", default=None, help="event/audio socket (default tcp://127.0.0.1:5556)")
     s.add_argument("--osc", default=None, metavar="HOST:PORT|none", help="OSC over UDP (default 127.0.0.1:9000)")
+    s.add_argument("--midi", default=None, metavar="segue|all|NAME|none|auto",
+                   help="MIDI input: a virtual port 'segue', all ports, ports matching NAME (default auto: 'segue' "
+                        "when a MIDI API is usable)")
+    s.add_argument("--midi-api", default=None, choices=["auto", "jack", "alsa"], help="MIDI through JACK or ALSA")
+    s.add_argument("--midi-map", default=None, metavar="FILE", help="MIDI mapping TOML (default: the shipped one)")
     s.add_argument("--takes", default=None, metavar="DIR", help="where takes are written (default ./takes)")
     s.add_argument("--allow", action="append", default=None, metavar="DIR",
                    help="a folder `continue source=file` may read (repeatable; the takes folder always)")

@@ -37,7 +37,7 @@ class ServeProcess:
         if not self._ready.wait(timeout) or self.ready_line is None:
             self.stop()
             raise SegueError("segue serve did not start:\n" + "".join(self.lines[-30:]))
-        m = re.search(r"zmq (\S+) pub (\S+) \| osc (\S+)", self.ready_line)
+        m = re.search(r"zmq (\S+) pub (\S+) \| osc (\S+) \|", self.ready_line)
         self.endpoint, self.pub = m.group(1), m.group(2)
         host, _, port = m.group(3).rpartition(":")
         self.osc = (host, int(port)) if port.isdigit() else None

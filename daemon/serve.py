@@ -32,6 +32,9 @@ class ServeSettings:
     zmq: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     osc: str = "127.0.0.1:9000"  # HOST:PORT for OSC over UDP, or "none"
+    midi: str = "auto"  # "segue" (a virtual input port), "all", a port name, "none"; "auto": segue when possible
+    midi_api: str = "auto"  # jack, alsa or auto (ALSA when its sequencer exists, else JACK)
+    midi_map: str | None = None  # TOML mapping (default: the one shipped with segue)
     takes: str = "takes"
     allow: tuple[str, ...] = ()
     pace: str = "realtime"
@@ -68,6 +71,8 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
     for ep in (s.zmq, s.pub):
         if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
             log.warning("listening on %s: reachable from the network", ep)
+    if s.midi_api not in ("auto", "jack", "alsa"):
+        raise SettingsError(f"midi-api must be auto, jack or alsa, got {s.midi_api!r}")
     if s.osc != "none":
         osc_address(s.osc)
         if not s.osc.startswith(("127.0.0.1:", "localhost:")):
@@ -111,6 +116,9 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
             raise SettingsError(f"cannot listen for OSC on {s.osc} ({exc.strerror}); pick another with --osc "
                                 "HOST:PORT or turn it off with --osc none") from exc
         transports.append(osc)
+    midi = _open_midi(s, engine)
+    if midi is not None:
+        transports.append(midi)
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         if threading.current_thread() is threading.main_thread():
@@ -126,9 +134,28 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
               f"in {1000 * audio.input_latency / audio.sample_rate:.1f} ms"
               f" | {engine.rate:.2f}x real time, first chunk {1000 * engine.first_latency:.0f} ms"
               f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint}"
-              f" | osc {'%s:%d' % osc.address if osc else 'off'} | takes {cfg.takes_dir}", flush=True)
+              f" | osc {'%s:%d' % osc.address if osc else 'off'}"
+              f" | midi {','.join(midi.names) + ' (' + midi.api + ')' if midi else 'off'}"
+              f" | takes {cfg.takes_dir}", flush=True)
         stop.wait()
     finally:
         for t in transports:
             t.close()
         engine.close()
+
+
+def _open_midi(s: ServeSettings, engine):
+    """The MIDI input the settings ask for; with "auto", None (and one log line) when no MIDI API is usable."""
+    if s.midi == "none":
+        return None
+    from segue.osc_bridge.midi_input import MidiError, MidiInput
+    from segue.osc_bridge.midi_map import load_map
+
+    mapping = load_map(s.midi_map)  # a bad mapping stops the start, whatever the port
+    try:
+        return MidiInput(engine, mapping, "segue" if s.midi == "auto" else s.midi, s.midi_api)
+    except MidiError as exc:
+        if s.midi != "auto":
+            raise SettingsError(str(exc)) from exc
+        log.warning("no MIDI input (%s)", exc)
+        return None

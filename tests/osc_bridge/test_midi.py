@@ -1,0 +1,95 @@
+"""MIDI: the mapping file, and MIDI through a real JACK MIDI connection into a running engine (notes trigger takes,
+a CC moves a setting, MIDI clock sets the tempo)."""
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from jack_rig import JackServer
+from segue.osc_bridge.midi_map import MappingError, load_map
+from segue.osc_bridge.osc_server import OscServer
+from support import start_engine
+
+
+def test_the_shipped_mapping_loads_and_maps():
+    m = load_map()
+    assert m.on_note(36, 1) == {"cmd": "continue", "source": "live", "last_bars": 2, "bars": 2, "start": "next_bar"}
+    assert m.on_note(60, 1) is None
+    assert m.on_cc(1, 0, 1) == {"cmd": "set", "temperature": 0.3} and m.on_cc(1, 127, 5)["temperature"] == 1.6
+    top_k = [m.on_cc(71, v, 1)["top_k"] for v in (0, 64, 127)]
+    assert top_k[0] == 10 and top_k[2] == 500 and top_k[1] < 255  # exponential: the middle is low
+    assert m.on_program(1)["prompt"].startswith("lofi")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[notes]\n36 = { cmd = \"dance\" }", "unknown command"),
+    ("[notes]\n200 = { cmd = \"stop\" }", "MIDI number"),
+    ("[cc.1]\nset = \"prompt\"\nmin = 0\nmax = 1", "numeric setting"),
+    ("[cc.1]\nset = \"temperature\"\nmin = 0\nmax = 500", "at most"),
+    ("[cc.1]\nset = \"cfg\"\nmin = 0\nmax = 4\ncurve = \"exp\"", "exp"),
+    ("[notes]\n36 = { cmd = \"stop\", channel = 17 }", "channel"),
+    ("[pads]\n1 = 2", "unknown section"),
+])
+def test_bad_mappings_fail_at_load_with_the_reason(tmp_path, text, words):
+    p = tmp_path / "map.toml"
+    p.write_text(text)
+    with pytest.raises(MappingError, match=words):
+        load_map(p)
+
+
+@pytest.fixture
+def jack():
+    server = JackServer()
+    server.start()
+    old = {k: os.environ.get(k) for k in server.env if k.startswith("JACK_")}
+    os.environ.update({k: v for k, v in server.env.items() if k.startswith("JACK_")})
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.mark.slow
+def test_midi_through_jack_triggers_moves_and_clocks(jack, demo, tmp_path):
+    from segue.osc_bridge.midi_input import MidiInput, _backend
+
+    engine, osc = start_engine(demo, tmp_path / "takes", lambda e: OscServer(e, "127.0.0.1", 0))
+    midi = MidiInput(engine, load_map(), "segue", "jack")
+    midi.start()
+    backend, _ = _backend("jack")
+    out = backend.open_output("keys", virtual=True, client_name="segue-test-keys")
+    try:
+        assert midi.names and jack.ports("segue:segue") and jack.ports("segue-test-keys:keys")  # JACK MIDI ports
+        subprocess.run(["jack_connect", "segue-test-keys:keys", "segue:segue"], env=jack.env, check=True)
+        import mido
+
+        out.send(mido.Message("control_change", control=1, value=127))
+        out.send(mido.Message("note_on", note=39, velocity=100))  # generate 4 bars at the next bar
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not engine.status()["takes"]:
+            time.sleep(0.05)
+        st = engine.status()
+        assert st["takes"] and st["defaults"]["temperature"] == 1.6
+        out.send(mido.Message("start"))
+        t0 = time.monotonic()
+        for i in range(24 * 8):  # 8 beats at 100 bpm
+            out.send(mido.Message("clock"))
+            time.sleep(max(0.0, t0 + (i + 1) * 0.025 - time.monotonic()))
+        time.sleep(0.2)
+        assert abs(engine.status()["tempo"]["bpm"] - 100) < 2
+        out.send(mido.Message("sysex", data=[1, 2, 3] * 50))  # ignored, harmlessly
+        out.send(mido.Message("stop"))  # the transport stops: so do the takes
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and engine.status()["takes"]:
+            time.sleep(0.05)
+        assert not engine.status()["takes"] and midi.received >= 24 * 8
+    finally:
+        out.close()
+        midi.close()
+        osc.close()
+        engine.close()
