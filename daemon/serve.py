@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import threading
 import tomllib
@@ -32,9 +33,10 @@ class ServeSettings:
     zmq: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5556"
     osc: str = "127.0.0.1:9000"  # HOST:PORT for OSC over UDP, or "none"
-    midi: str = "auto"  # "segue" (a virtual input port), "all", a port name, "none"; "auto": segue when possible
+    midi: str = "auto"  # "segue" (a virtual input port), "all", a port name, "none"; "auto": segue on ALSA if any
     midi_api: str = "auto"  # jack, alsa or auto (ALSA when its sequencer exists, else JACK)
     midi_map: str | None = None  # TOML mapping (default: the one shipped with segue)
+    threads: int | None = None  # torch CPU threads; default: every core but one, which is left to the audio
     takes: str = "takes"
     allow: tuple[str, ...] = ()
     pace: str = "realtime"
@@ -71,6 +73,8 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
     for ep in (s.zmq, s.pub):
         if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
             log.warning("listening on %s: reachable from the network", ep)
+    if s.threads is not None and not 1 <= s.threads <= 1024:
+        raise SettingsError(f"threads must be 1 to 1024, got {s.threads}")
     if s.midi_api not in ("auto", "jack", "alsa"):
         raise SettingsError(f"midi-api must be auto, jack or alsa, got {s.midi_api!r}")
     if s.osc != "none":
@@ -90,6 +94,11 @@ def osc_address(text: str) -> tuple[str, int]:
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
     from segue.models.loading.builder import load_model, parse_device, resolve_dtype
 
+    import torch
+
+    # The audio callback (and JACK, and the other clients) must find a core free when its deadline comes: on a CPU
+    # box the model gets every core but one.
+    torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) - 1))
     device = parse_device(s.device)
     model = load_model(s.model, device, resolve_dtype(s.dtype, device))
     if model.lm is None:
@@ -152,6 +161,11 @@ def _open_midi(s: ServeSettings, engine):
     from segue.osc_bridge.midi_map import load_map
 
     mapping = load_map(s.midi_map)  # a bad mapping stops the start, whatever the port
+    if s.midi == "auto" and s.midi_api == "auto" and not Path("/dev/snd/seq").exists():
+        # JACK MIDI only when asked for: a JACK client in this process joins the audio graph's deadline while
+        # the model runs here.
+        log.warning("no ALSA sequencer: MIDI input off (use --midi segue --midi-api jack for JACK MIDI)")
+        return None
     try:
         return MidiInput(engine, mapping, "segue" if s.midi == "auto" else s.midi, s.midi_api)
     except MidiError as exc:

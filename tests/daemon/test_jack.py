@@ -42,17 +42,15 @@ def rig(tmp_path_factory):
     player = Player(server, loop)
     daemon = recorder = client = None
     try:
-        daemon = Daemon(takes, ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size", str(BLOCK)],
-                        env=server.env)
+        daemon = Daemon(takes, ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size", str(BLOCK),
+                                "--midi", "none"], env=server.env)
         player.connect(server.ports("PortAudio:in"))
         recorder = Recorder(server)
         recorder.connect(server.ports("PortAudio:out"))
         client = Client(daemon.endpoint, daemon.pub, timeout=10)
         audio = client.request("status")["status"]["audio"]
         assert audio["running"] and audio["sample_rate"] == RATE and audio["block"] == BLOCK
-        latency = server.playback_latency()
-        heard = recorder.client.frame_time - latency  # where the song is, as heard in the room
-        client.request("tempo", bpm=120, beats_per_bar=4, beat=heard / BEAT)
+        _set_tempo(server, recorder, client)
         while client.request("status")["status"]["audio"]["clock"] < 3 * BAR + BAR // 2:
             time.sleep(0.1)  # let the input ring hold two whole bars (after a bar line) of the loop
         yield server, daemon, recorder, client, loop
@@ -65,9 +63,17 @@ def rig(tmp_path_factory):
         server.stop()
 
 
+def _set_tempo(server, recorder, client) -> None:
+    """120 bpm, 4/4, with the beat position of what is heard now on the JACK grid."""
+    latency = server.playback_latency()
+    heard = recorder.client.frame_time - latency  # where the song is, as heard in the room
+    client.request("tempo", bpm=120, beats_per_bar=4, beat=heard / BEAT)
+
+
 def test_continue_last_two_bars_starts_on_the_bar_line_and_equals_its_take(rig):
     server, daemon, recorder, client, loop = rig
     before = client.request("status")["status"]["audio"]
+    _set_tempo(server, recorder, client)  # as a DAW does, often: a cycle JACK dropped earlier is forgotten
     t0 = recorder.client.frame_time
     rid = client.request("continue", source="live", last_bars=2, bars=2, start="next_bar", seed=5)["id"]
     done = client.wait(rid, timeout=60)
