@@ -168,7 +168,8 @@ def render_daemon(sec: dict, info: dict) -> list[str]:
     lines = ["", "## The daemon: trigger -> first sound, and headroom (demo model, CPU)", "",
              _section_info(sec, info) +
              f"`bench/daemon_latency.py`: a real `jackd -d dummy` ({lat['rate']} Hz, {lat['period']}-frame periods), "
-             "`segue serve --model demo` on it through PortAudio (audio worker process), a JACK client recording "
+             "`segue serve --model demo` on it through PortAudio (audio worker process; the model on every core but one), "
+             "a JACK client recording "
              "its output. Each trigger reads JACK's frame clock and sends `generate start=now`; latency is the "
              "first non-silent recorded frame, in the JACK graph (the sound card adds JACK's playback latency, "
              f"{lat['playback_latency_ms']:.1f} ms here).", "",
