@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 # The CPU wheel this kind of machine carries locally; GPU machines keep the torch they already have.
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages segue needs; installed with apt when root, otherwise named in one line.
-SYSTEM_PACKAGES ?= libportaudio2 jackd2 liblo-tools
+SYSTEM_PACKAGES ?= libportaudio2 jackd2 liblo-tools puredata-core
 
 .PHONY: demo test setup system clean bench
 

@@ -8,7 +8,8 @@ other field of the command as `key value` pairs (like scsynth's `/s_new ... [con
     /segue/tempo 120 4 0
     /segue/set temperature 0.8 cfg 4
 
-OSC senders differ in number types (Pd sends only floats, Max ints and floats): whole floats are accepted where a
+Leading arguments can be left out: a field name followed by pairs starts the pairs. OSC senders differ in number
+types (Pd sends only floats, Max ints and floats): whole floats are accepted where a
 whole number is meant, ints where a float is, 0/1 for true/false.
 """
 
@@ -70,6 +71,13 @@ OUTGOING: tuple[tuple[str, str], ...] = (
     (f"{PREFIX}/take/error", "`<id> <code> <message>`"),
 )
 
+# Every field name of the vocabulary: a leading argument equal to one of them starts the pairs when what is left is
+# pairs (so `/segue/stop fade 0.2` stops all takes and `/segue/generate bars 4` has no prompt, while in
+# `/segue/continue take take 3` the first `take` is the source).
+FIELD_NAMES = frozenset({"prompt", "start", "seconds", "bars", "endless", "seed", "temperature", "top_k", "top_p",
+                         "cfg", "lane", "source", "take", "path", "last_seconds", "last_bars", "sample_rate",
+                         "channels", "fade", "bpm", "beats_per_bar", "beat", "prompt_seconds", "prompt_bars"})
+
 INTEGER_KEYS = frozenset({"take", "seed", "top_k", "lane", "beats_per_bar", "sample_rate", "channels", "count", "n",
                           "on", "port"})
 BOOL_KEYS = frozenset({"endless"})
@@ -99,13 +107,10 @@ def to_request(path: str, args: list) -> tuple[Address, dict]:
     if addr is None:
         raise OscError("unknown_command", f"no OSC address {path}; segue answers {', '.join(BY_PATH)}")
     args = list(args)
-    if len(args) < addr.required:
-        need = " ".join(f"<{p}>" for p in addr.positional[: addr.required])
-        raise OscError("missing", f"{path} needs {need}")
     fields: dict = {}
     for name in addr.positional:
-        if not args:
-            break
+        if not args or (isinstance(args[0], str) and args[0] in FIELD_NAMES and len(args) % 2 == 0):
+            break  # leading arguments may be left out: a field name that can start the pairs does
         fields[name] = _coerce(name, args.pop(0))
     if args:
         if not addr.pairs:
@@ -120,6 +125,9 @@ def to_request(path: str, args: list) -> tuple[Address, dict]:
             if key in fields or key == "cmd":
                 raise OscError("bad_request", f"{path}: '{key}' is given twice")
             fields[key] = _coerce(key, value)
+    if any(p not in fields for p in addr.positional[: addr.required]):  # neither leading nor as a pair
+        need = " ".join(f"<{p}>" for p in addr.positional[: addr.required])
+        raise OscError("missing", f"{path} needs {need}")
     if addr.cmd is not None:
         fields["cmd"] = addr.cmd
     return addr, fields

@@ -25,6 +25,14 @@ def test_positional_then_pairs_become_the_command():
     assert isinstance(parse(to_request("/segue/set", ["temperature", 0.8, "cfg", 4])[1]), Set)
 
 
+def test_leading_arguments_can_be_left_out():
+    assert parse(to_request("/segue/stop", ["fade", 0.2])[1]).take is None
+    cmd = parse(to_request("/segue/generate", ["bars", 4.0, "start", "next_bar"])[1])
+    assert cmd.prompt is None and cmd.length.bars == 4
+    assert parse(to_request("/segue/stop", [3, "fade", 0.2])[1]).take == 3
+    assert parse(to_request("/segue/continue", ["source", "live", "last_bars", 1])[1]).source.bars == 1
+
+
 def test_float_only_senders_work():
     """Pd sends every number as a float: whole floats become ints where the vocabulary wants one, 0/1 booleans."""
     cmd = parse(to_request("/segue/generate", ["pad", "seed", 7.0, "endless", 1.0, "lane", 2.0, "top_k", 50.0])[1])
