@@ -128,6 +128,8 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
     midi = _open_midi(s, engine)
     if midi is not None:
         transports.append(midi)
+        if osc is not None:
+            osc.midi = midi  # /segue/learn
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         if threading.current_thread() is threading.main_thread():
@@ -167,7 +169,8 @@ def _open_midi(s: ServeSettings, engine):
         log.warning("no ALSA sequencer: MIDI input off (use --midi segue --midi-api jack for JACK MIDI)")
         return None
     try:
-        return MidiInput(engine, mapping, "segue" if s.midi == "auto" else s.midi, s.midi_api)
+        return MidiInput(engine, mapping, "segue" if s.midi == "auto" else s.midi, s.midi_api,
+                         Path(s.midi_map) if s.midi_map else None)
     except MidiError as exc:
         if s.midi != "auto":
             raise SettingsError(str(exc)) from exc

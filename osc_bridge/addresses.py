@@ -54,6 +54,9 @@ ADDRESSES: tuple[Address, ...] = (
     Address(f"{PREFIX}/notify", None, ("on", "port"), 1, False, None,
             "`1`: send this address the take events (`/segue/take/...`); `0`: stop. With `port`, every answer "
             "to this host goes to that port (for senders that cannot listen where they send from)"),
+    Address(f"{PREFIX}/learn", None, ("kind",), 1, True, f"{PREFIX}/learned",
+            "MIDI learn: `note cmd <command> [key value]...` or `cc set <setting> min <lo> max <hi> [curve exp]`; "
+            "the next note / CC gets it, the mapping is saved -> `/segue/learned <kind> <number>`"),
     Address(f"{PREFIX}/sync", None, ("n",), 1, False, f"{PREFIX}/synced",
             "-> `/segue/synced n` once every command sent before it has been queued"),
 )
@@ -69,6 +72,7 @@ OUTGOING: tuple[tuple[str, str], ...] = (
     (f"{PREFIX}/take/progress", "`<id> <generated s> <played s>`"),
     (f"{PREFIX}/take/done", "`<wav path> <id> <state>`: the take is finished and its files are complete"),
     (f"{PREFIX}/take/error", "`<id> <code> <message>`"),
+    (f"{PREFIX}/learned", "`<note|cc> <number>`: MIDI learn mapped it and saved the mapping"),
 )
 
 # Every field name of the vocabulary: a leading argument equal to one of them starts the pairs when what is left is
@@ -122,7 +126,7 @@ def to_request(path: str, args: list) -> tuple[Address, dict]:
         for key, value in zip(args[::2], args[1::2]):
             if not isinstance(key, str):
                 raise OscError("bad_type", f"{path}: a key must be a string, got {key!r}")
-            if key in fields or key == "cmd":
+            if key in fields or (key == "cmd" and addr.cmd is not None):
                 raise OscError("bad_request", f"{path}: '{key}' is given twice")
             fields[key] = _coerce(key, value)
     if any(p not in fields for p in addr.positional[: addr.required]):  # neither leading nor as a pair

@@ -13,12 +13,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from segue.daemon.dispatch import answer
 from segue.daemon.engine import Engine
 from segue.daemon.service import Service
 from segue.models.errors import SegueError
-from segue.osc_bridge.midi_map import MidiMap
+from segue.osc_bridge.midi_map import USER_MAP, MidiMap, learn_rule, save_map
 
 log = logging.getLogger("segue.midi")
 
@@ -45,9 +46,12 @@ def _backend(api: str):
 class MidiInput(Service):
     """`ports`: "segue" (a virtual input port of that name), "all", or a name substring of existing ports."""
 
-    def __init__(self, engine: Engine, mapping: MidiMap, ports: str = "segue", api: str = "auto"):
+    def __init__(self, engine: Engine, mapping: MidiMap, ports: str = "segue", api: str = "auto",
+                 save_to: Path | None = None):
         super().__init__("segue-midi")
         self.engine, self.map = engine, mapping
+        self.save_to = save_to or USER_MAP  # where MIDI learn writes the mapping
+        self._learning: tuple | None = None  # (kind, rule, done callback)
         self.backend, self.api = _backend(api)
         self.inputs = []
         self.received = 0
@@ -73,6 +77,25 @@ class MidiInput(Service):
             raise MidiError(f"cannot open MIDI input through {self.api} ({exc}); start JACK or use --midi none"
                             ) from exc
 
+    def learn(self, kind: str, fields: dict, done: Callable[[str, int], None]) -> None:
+        """The next note-on (`kind` "note") or CC ("cc") gets this action; the mapping is then saved and
+        `done(kind, number)` called (on the MIDI thread). Raises MappingError for an action that cannot be mapped."""
+        self._learning = (kind, learn_rule(kind, fields), done)
+
+    def _learned(self, msg) -> bool:
+        kind, rule, done = self._learning
+        if kind == "note" and msg.type == "note_on" and msg.velocity > 0:
+            number, self.map = msg.note, self.map.with_note(msg.note, rule)
+        elif kind == "cc" and msg.type == "control_change":
+            number, self.map = msg.control, self.map.with_cc(msg.control, rule)
+        else:
+            return False
+        self._learning = None
+        save_map(self.map, self.save_to)
+        log.warning("MIDI learn: %s %d mapped, saved to %s", kind, number, self.save_to)
+        done(kind, number)
+        return True
+
     def event(self, ev: dict) -> None:
         """MIDI input answers nothing: events go out through the other transports."""
 
@@ -84,6 +107,8 @@ class MidiInput(Service):
     def _on(self, msg) -> None:
         try:
             self.received += 1
+            if self._learning is not None and self._learned(msg):
+                return
             t = msg.type
             if t == "clock":
                 self._clock(time.monotonic())

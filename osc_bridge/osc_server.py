@@ -61,6 +61,7 @@ class OscServer(Transport):
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # events from the engine thread
         self._rate: dict[tuple[str, int], list] = {}  # sender -> [window start, count, last fail sent]
         self.dropped = 0  # messages refused by the rate limit
+        self.midi = None  # the MIDI input, for /segue/learn (set by serve)
 
     # Called from the engine thread: hand over only.
     def event(self, ev: dict) -> None:
@@ -162,7 +163,9 @@ class OscServer(Transport):
         return int(audio.now() + ahead * audio.sample_rate)
 
     def _control(self, path: str, fields: dict, sender: tuple[str, int]) -> None:
-        if path.endswith("/notify"):
+        if path.endswith("/learn"):
+            self._learn(fields, sender)
+        elif path.endswith("/notify"):
             on, port = fields.get("on"), fields.get("port")
             if on not in (0, 1) or (port is not None and (not isinstance(port, int) or not 0 < port < 65536)):
                 self._send(sender, f"{PREFIX}/fail", "notify", "notify takes 1 (on) or 0 (off), then optionally "
@@ -186,6 +189,22 @@ class OscServer(Transport):
                 return
             self._send(sender, f"{PREFIX}/synced", n)
 
+    def _learn(self, fields: dict, sender: tuple[str, int]) -> None:
+        from segue.osc_bridge.midi_map import MappingError
+
+        if self.midi is None:
+            self._send(sender, f"{PREFIX}/fail", "learn", "no MIDI input is open; start segue serve with --midi",
+                       "no_input")
+            return
+        kind = fields.pop("kind")
+        done = lambda k, n: self.outbox.put(dict(event="learned", to=sender, kind=k, number=n))  # noqa: E731
+        try:
+            self.midi.learn(kind, fields, done)
+        except MappingError as exc:
+            self._send(sender, f"{PREFIX}/fail", "learn", str(exc), "bad_request")
+            return
+        self._send(sender, f"{PREFIX}/done", "learn", kind)
+
     def _flush_events(self) -> None:
         while True:
             try:
@@ -196,6 +215,9 @@ class OscServer(Transport):
 
     def _deliver(self, ev: dict) -> None:
         rid, kind = ev.get("id"), ev.get("event")
+        if kind == "learned":  # from the MIDI thread, for the one who asked
+            self._send(ev["to"], f"{PREFIX}/learned", ev["kind"], ev["number"])
+            return
         if kind == "error" and rid in self.pending:
             sender, cmd = self.pending[rid]
             self._send(sender, f"{PREFIX}/fail", cmd, ev.get("message", ""), ev.get("code", "internal"))

@@ -2,14 +2,16 @@
 a CC moves a setting, MIDI clock sets the tempo)."""
 
 import os
+import socket
 import subprocess
 import time
 
 import pytest
+from pythonosc.osc_packet import OscPacket
 
 from jack_rig import JackServer
 from segue.osc_bridge.midi_map import MappingError, load_map
-from segue.osc_bridge.osc_server import OscServer
+from segue.osc_bridge.osc_server import OscServer, encode
 from support import start_engine
 
 
@@ -39,6 +41,22 @@ def test_bad_mappings_fail_at_load_with_the_reason(tmp_path, text, words):
         load_map(p)
 
 
+def test_a_learned_mapping_is_saved_and_loads_back(tmp_path):
+    from segue.osc_bridge.midi_map import learn_rule, save_map
+
+    m = load_map().with_note(50, learn_rule("note", {"cmd": "generate", "prompt": 'say "hi"', "bars": 2}))
+    m = m.with_cc(20, learn_rule("cc", {"set": "top_p", "min": 0.5, "max": 1.0}))
+    save_map(m, tmp_path / "midi.toml")
+    back = load_map(tmp_path / "midi.toml")
+    assert back.on_note(50, 3) == {"cmd": "generate", "prompt": 'say "hi"', "bars": 2}
+    assert back.on_cc(20, 127, 1) == {"cmd": "set", "top_p": 1.0} and back.on_note(36, 1) == m.on_note(36, 1)
+    assert back.programs == m.programs
+    with pytest.raises(MappingError, match="note.*unknown command|unknown command"):
+        learn_rule("note", {"cmd": "dance"})
+    with pytest.raises(MappingError, match="numeric setting"):
+        learn_rule("cc", {"set": "prompt", "min": 0, "max": 1})
+
+
 @pytest.fixture
 def jack():
     server = JackServer()
@@ -59,7 +77,8 @@ def test_midi_through_jack_triggers_moves_and_clocks(jack, demo, tmp_path):
     from segue.osc_bridge.midi_input import MidiInput, _backend
 
     engine, osc = start_engine(demo, tmp_path / "takes", lambda e: OscServer(e, "127.0.0.1", 0))
-    midi = MidiInput(engine, load_map(), "segue", "jack")
+    midi = MidiInput(engine, load_map(), "segue", "jack", save_to=tmp_path / "learned.toml")
+    osc.midi = midi
     midi.start()
     backend, _ = _backend("jack")
     out = backend.open_output("keys", virtual=True, client_name="segue-test-keys")
@@ -88,6 +107,24 @@ def test_midi_through_jack_triggers_moves_and_clocks(jack, demo, tmp_path):
         while time.monotonic() < deadline and engine.status()["takes"]:
             time.sleep(0.05)
         assert not engine.status()["takes"] and midi.received >= 24 * 8
+
+        # MIDI learn over OSC: the next note gets the action, the mapping is saved, and the note then does it.
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(10)
+        peer.sendto(encode("/segue/learn", "note", "cmd", "generate", "seconds", 0.3, "start", "now"), osc.address)
+        assert OscPacket(peer.recv(4096)).messages[0].message.params == ["learn", "note"]
+        out.send(mido.Message("note_on", note=61, velocity=90))
+        learned = OscPacket(peer.recv(4096)).messages[0].message
+        assert (learned.address, learned.params) == ("/segue/learned", ["note", 61])
+        assert "61 = {" in (tmp_path / "learned.toml").read_text()
+        assert not engine.status()["takes"]  # learning took the note; it triggered nothing
+        out.send(mido.Message("note_on", note=61, velocity=90))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not engine.status()["takes"]:
+            time.sleep(0.05)
+        assert engine.status()["takes"]
+        peer.close()
     finally:
         out.close()
         midi.close()
