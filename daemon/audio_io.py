@@ -200,7 +200,6 @@ class DeviceAudio(Audio):
                                      BUS_SECONDS * probe["sample_rate"], shared=True))
         self.name, self.host_api = probe["name"], probe["host_api"]
         self.worker: _Worker | None = worker
-        self._probe = probe
         self._standin: _RealTimeClock | None = None
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watchdog, name="segue-audio-watch", daemon=True)

@@ -28,11 +28,11 @@ import torch
 from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
 from segue.daemon.playback import Mixer, Voice
-from segue.daemon.take_stream import Run
 from segue.daemon.sources import encode_prompt, prompt_audio
+from segue.daemon.take_stream import Run
 from segue.daemon.takes import TakeFiles, list_takes
 from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue, Generate,
-                                     Length, Retry, Sampling, Set, Start, Status, Stop, Takes, Tempo)
+                                     Length, Retry, Sampling, Set, Start, Stop, Tempo)
 from segue.models.errors import SegueError
 from segue.models.generation import Take, TakeSnapshot, prompt_codes, pump_takes
 from segue.models.lm.config import SamplingParams
@@ -51,9 +51,9 @@ class EngineConfig:
     max_lead: float = 10.0  # seconds an endless take may run ahead of the playhead
     pace: str = "realtime"  # "asap": no playback, render takes as fast as possible
     max_takes: int = 8  # takes generating at once
-    # Seconds of mix the bus holds ahead of the playhead at least. A take cannot start sooner than this after a
-    # request (the bus before it is already mixed): lower is snappier, but the engine thread must then never
-    # stall longer (the audio callback itself runs in its own process and does not compete with it).
+    # Seconds of mix the bus holds ahead of the playhead at least: the engine thread must never stall longer (the
+    # audio callback runs in its own process and does not compete with it). While something sounds, a fade or a
+    # new take can act only past what is mixed, so lower is snappier; silence ahead is mixed again for a new take.
     min_horizon: float = 0.05
     # LM streams (KV caches: ~0.6 GB each for musicgen-small in float32) kept allocated between takes, so a request
     # never waits for one to be allocated and zeroed. Allocated at warm-up.
@@ -90,8 +90,7 @@ class Defaults:
 
 
 class Engine:
-    def __init__(self, model: MusicGen, audio: Audio, cfg: EngineConfig, emit: Callable[[dict], None],
-                 publish_audio: Callable[[int, np.ndarray], None] | None = None):
+    def __init__(self, model: MusicGen, audio: Audio, cfg: EngineConfig, emit: Callable[[dict], None]):
         self.model, self.audio, self.cfg, self.emit = model, audio, cfg, emit
         cfg.takes_dir.mkdir(parents=True, exist_ok=True)
         self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
@@ -99,7 +98,7 @@ class Engine:
         self.grid = Grid(self.sr)
         self.defaults = Defaults()
         guard = 2 * audio.block
-        self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2, publish_audio)
+        self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2)  # a transport sets `mixer.publish`
         self.min_horizon = max(4 * audio.block, round(cfg.min_horizon * self.sr))
         self.horizon = self.min_horizon
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -252,8 +251,6 @@ class Engine:
                                           cmd.beat)
             self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm,
                            beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor))
-        elif isinstance(cmd, (Status, Takes)):
-            self.emit(dict(event="done", id=rid, cmd=type(cmd).__name__.lower()))
 
     # -- takes ------------------------------------------------------------------------------------------------------
     def _take_audio(self, tid: int) -> tuple[np.ndarray, int] | None:
@@ -286,7 +283,7 @@ class Engine:
                                          folders=self.folders, default_seconds=d.prompt_seconds,
                                          default_bars=d.prompt_bars)
             t_enc = time.monotonic()
-            prompt = encode_prompt(self.model, pcm, sr, None)  # [1, K, P]
+            prompt = encode_prompt(self.model, pcm, sr)  # [1, K, P]
             meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
             heard = (pcm, sr)
         sampling = d.sampling(cmd.sampling, cmd.seed)
@@ -377,8 +374,7 @@ class Engine:
             v = run.voice
             end = v.end
             if end is not None and v.queued_end >= end:
-                run.generating = False  # stopped: nothing more will be heard
-                v.complete = True
+                run.stop_generating()  # stopped: nothing more will be heard
                 continue
             if run.total is None and self.cfg.pace != "asap" and v.queued_end - playhead > self.cfg.max_lead * self.sr:
                 continue  # an endless take far enough ahead waits for the playhead
@@ -402,8 +398,7 @@ class Engine:
         return True
 
     def _fail(self, run: Run, code: str, message: str) -> None:
-        run.generating = False
-        run.voice.complete = True
+        run.stop_generating()
         self.emit(dict(event="error", id=run.id, code=code, message=message))
 
     def _deliver(self, run: Run, pcm: np.ndarray | None, t: float) -> None:
@@ -411,8 +406,7 @@ class Engine:
         take = run.take
         if pcm is None:
             if take.done:  # the last step decoded nothing new
-                run.generating = False
-                run.voice.complete = True
+                run.stop_generating()
             return
         last = take.done
         x = run.to_device(pcm, last)
@@ -424,8 +418,7 @@ class Engine:
         if run.first_audio is None:
             run.first_audio = t
         if last or (run.total is not None and run.release.out >= run.total):
-            run.generating = False
-            run.voice.complete = True
+            run.stop_generating()
         generated = run.voice.queued_end - run.voice.start
         if generated >= run.next_progress * self.sr:
             run.next_progress += 1.0
@@ -484,14 +477,11 @@ class Engine:
             setattr(d, k, v)
         knobs = {k: values[k] for k in ("temperature", "top_k", "top_p", "cfg") if k in values}
         if knobs:
+            params = {("cfg_coef" if k == "cfg" else k): v for k, v in knobs.items()}  # SamplingParams' names
             for r in self.runs:  # a knob moves the music while it plays, from the next step
                 if r.generating:
                     r.changes.append(dict(knobs, frame=max(0, r.take.stream.frames_ready - r.take.n_prompt)))
-                s = r.take.stream.sampling
-                r.take.stream.set_sampling(replace(s, temperature=values.get("temperature", s.temperature),
-                                                   top_k=values.get("top_k", s.top_k),
-                                                   top_p=values.get("top_p", s.top_p),
-                                                   cfg_coef=values.get("cfg", s.cfg_coef)))
+                r.take.stream.set_sampling(replace(r.take.stream.sampling, **params))
         self.emit(dict(event="done", id=rid, cmd="set", values={k: (v.describe() if isinstance(v, Start) else v)
                                                                  for k, v in values.items()}))
 

@@ -21,7 +21,7 @@ IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS,
 N_COUNTERS = 16
 
 
-def _cell(name: str, i: int, doc: str) -> property:
+def _cell(i: int, doc: str) -> property:
     def get(self) -> int:
         return int(self.counters[i])
 
@@ -32,7 +32,7 @@ def _cell(name: str, i: int, doc: str) -> property:
 
 
 class InputRing:
-    end = _cell("end", IN_END, "clock sample after the newest recorded one (written by the callback only)")
+    end = _cell(IN_END, "clock sample after the newest recorded one (written by the callback only)")
 
     def __init__(self, channels: int, capacity: int, buf: np.ndarray | None = None,
                  counters: np.ndarray | None = None):
@@ -71,9 +71,9 @@ class InputRing:
 
 
 class MixBus:
-    read_pos = _cell("read_pos", BUS_READ, "next clock sample the callback plays (callback writes it)")
-    filled = _cell("filled", BUS_FILLED, "clock sample up to which the engine has written (engine writes it)")
-    underruns = _cell("underruns", UNDERRUNS, "callback blocks that were not (fully) filled in time")
+    read_pos = _cell(BUS_READ, "next clock sample the callback plays (callback writes it)")
+    filled = _cell(BUS_FILLED, "clock sample up to which the engine has written (engine writes it)")
+    underruns = _cell(UNDERRUNS, "callback blocks that were not (fully) filled in time")
 
     def __init__(self, channels: int, capacity: int, buf: np.ndarray | None = None,
                  counters: np.ndarray | None = None):

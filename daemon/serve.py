@@ -92,9 +92,9 @@ def osc_address(text: str) -> tuple[str, int]:
 
 
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
-    from segue.models.loading.builder import load_model, parse_device, resolve_dtype
-
     import torch
+
+    from segue.models.loading.builder import load_model, parse_device, resolve_dtype
 
     # The audio callback (and JACK, and the other clients) must find a core free when its deadline comes: on a CPU
     # box the model gets every core but one.
@@ -109,32 +109,31 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
     cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace)
     transports: list = []  # every transport hears every event
     engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports])
-    engine.warm_up()
-    zmq_server = ZmqServer(engine, s.zmq, s.pub)
-    engine.mixer.publish = zmq_server.audio
-    transports.append(zmq_server)
-    osc = None
-    if s.osc != "none":
-        from segue.osc_bridge.osc_server import OscServer
+    try:  # from here on, whatever fails closes what was opened (the audio with the engine)
+        engine.warm_up()
+        zmq_server = ZmqServer(engine, s.zmq, s.pub)
+        engine.mixer.publish = zmq_server.audio
+        transports.append(zmq_server)
+        osc = None
+        if s.osc != "none":
+            from segue.osc_bridge.osc_server import OscServer
 
-        host, port = osc_address(s.osc)
-        try:
-            osc = OscServer(engine, host, port)
-        except OSError as exc:
-            zmq_server.close()
-            raise SettingsError(f"cannot listen for OSC on {s.osc} ({exc.strerror}); pick another with --osc "
-                                "HOST:PORT or turn it off with --osc none") from exc
-        transports.append(osc)
-    midi = _open_midi(s, engine)
-    if midi is not None:
-        transports.append(midi)
-        if osc is not None:
-            osc.midi = midi  # /segue/learn
-    stop = stop or threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(sig, lambda *_: stop.set())
-    try:
+            host, port = osc_address(s.osc)
+            try:
+                osc = OscServer(engine, host, port)
+            except OSError as exc:
+                raise SettingsError(f"cannot listen for OSC on {s.osc} ({exc.strerror}); pick another with --osc "
+                                    "HOST:PORT or turn it off with --osc none") from exc
+            transports.append(osc)
+        midi = _open_midi(s, engine)
+        if midi is not None:
+            transports.append(midi)
+            if osc is not None:
+                osc.midi = midi  # /segue/learn
+        stop = stop or threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(sig, lambda *_: stop.set())
         engine.start()
         for t in transports:
             t.start()
@@ -159,11 +158,11 @@ def _open_midi(s: ServeSettings, engine):
     """The MIDI input the settings ask for; with "auto", None (and one log line) when no MIDI API is usable."""
     if s.midi == "none":
         return None
-    from segue.osc_bridge.midi_input import MidiError, MidiInput
+    from segue.osc_bridge.midi_input import MidiError, MidiInput, alsa_sequencer
     from segue.osc_bridge.midi_map import load_map
 
     mapping = load_map(s.midi_map)  # a bad mapping stops the start, whatever the port
-    if s.midi == "auto" and s.midi_api == "auto" and not Path("/dev/snd/seq").exists():
+    if s.midi == "auto" and s.midi_api == "auto" and not alsa_sequencer():
         # JACK MIDI only when asked for: a JACK client in this process joins the audio graph's deadline while
         # the model runs here.
         log.warning("no ALSA sequencer: MIDI input off (use --midi segue --midi-api jack for JACK MIDI)")

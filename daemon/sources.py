@@ -95,12 +95,11 @@ def prompt_audio(source: Source, *, audio: Audio, grid: Grid, take_audio, folder
     return pcm, sr, desc
 
 
-def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int, seconds: float | None) -> torch.Tensor:
-    """Audio [C, n] at `sr` -> codes [1, K, T]: the last `seconds` (and at most what the context takes)."""
+def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int) -> torch.Tensor:
+    """Audio [C, n] at `sr` -> codes [1, K, T]: at most the newest part the context takes."""
     limit = max_prompt_seconds(model)
-    keep = min(seconds, limit) if seconds is not None else limit
     n = pcm.shape[1]
-    pcm = pcm[:, max(0, n - math.ceil(keep * sr)) :]
+    pcm = pcm[:, max(0, n - math.ceil(limit * sr)) :]
     if pcm.shape[1] < sr / model.frame_rate:
         raise CommandError(BAD_AUDIO, f"the prompt audio is shorter than one frame ({1 / model.frame_rate:g} s)")
     codes = prompt_codes(model, to_model_audio(pcm, sr, model.sample_rate, model.channels))  # [1, K, T]

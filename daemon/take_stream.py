@@ -9,7 +9,7 @@ import time
 import numpy as np
 import soxr
 
-from segue.daemon.playback import Voice
+from segue.daemon.playback import Voice, ramp
 from segue.daemon.takes import TakeFiles
 from segue.models.audio import match_channels
 from segue.models.generation import Take
@@ -30,9 +30,9 @@ class Release:
         x = pcm if not len(self.held) else np.concatenate([self.held, pcm])
         if last:
             if self.fade and len(x):
-                k = min(self.fade, len(x))
+                k = min(self.fade, len(x))  # the end of the ramp, when less than a fade is left
                 x = x.copy()
-                x[-k:] *= ((np.arange(k, 0, -1) - 0.5) / self.fade).astype(np.float32)[:, None]
+                x[-k:] *= ramp(self.fade - k, k, 0, self.fade, rising=False)[:, None]
             self.held = x[:0]
         else:
             cut = max(0, len(x) - self.fade)
@@ -58,6 +58,11 @@ class Run:
         self.generating = True
         self.next_progress = 1.0
         self.changes: list[dict] = []  # `set` values that reached this take while it played, with the frame
+
+    def stop_generating(self) -> None:
+        """Nothing more will be generated or queued for this take."""
+        self.generating = False
+        self.voice.complete = True
 
     def to_device(self, pcm: np.ndarray, last: bool) -> np.ndarray:
         """Model-rate chunk [C, n] -> device-rate, device-channel samples [m, out_channels]."""

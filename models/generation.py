@@ -134,11 +134,7 @@ class Take:
     def pump(self) -> np.ndarray | None:
         """One LM step; returns the newly decoded chunk [C, n] float32 when one is due (every `chunk_frames`
         frames, and at the end), else None. The concatenation of all chunks is frames * hop samples."""
-        if self.done:
-            return None
-        if not self.stream.done:
-            self.stream.step()
-        return self._after_step()
+        return pump_takes([self])[0]
 
     def _after_step(self) -> np.ndarray | None:
         """Read the frames completed so far and decode them when a chunk is due (see `pump`)."""

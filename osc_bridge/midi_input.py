@@ -32,12 +32,16 @@ class MidiError(SegueError):
     pass
 
 
+def alsa_sequencer() -> bool:
+    return Path("/dev/snd/seq").exists()
+
+
 def _backend(api: str):
     os.environ.setdefault("JACK_NO_START_SERVER", "1")  # never start a JACK server as a side effect
     import mido
 
     if api == "auto":
-        api = "alsa" if Path("/dev/snd/seq").exists() else "jack"
+        api = "alsa" if alsa_sequencer() else "jack"
     if api not in APIS:
         raise MidiError(f"MIDI API must be jack, alsa or auto, got {api!r}")
     return mido.Backend(f"mido.backends.rtmidi/{APIS[api]}", load=True), api

@@ -101,6 +101,21 @@ def finish(stream) -> torch.Tensor:
     return stream.read_frames(0, stream.total)
 
 
+def batched_equals_alone(make) -> list:
+    """Streams from `make(False)` stepped one by one and streams from `make(True)` stepped together
+    (`step_streams`) give the same frames; returns the batched streams."""
+    from segue.models.lm.stream import step_streams
+
+    ref, batched = make(False), make(True)
+    while not ref[0].done:
+        for s in ref:
+            s.step()
+        step_streams(batched)
+    for a, b in zip(ref, batched):
+        assert torch.equal(finish(b).cpu(), finish(a).cpu())
+    return batched
+
+
 def generate_frames(model, texts, frames: int, prompt: torch.Tensor | None = None, sampling=None,
                     cuda_graphs: bool | None = None) -> torch.Tensor:
     """segue's codes for `frames` new frames after an optional prompt (greedy with CFG 3 unless told otherwise)."""
