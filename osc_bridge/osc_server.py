@@ -101,6 +101,8 @@ class OscServer(Transport):
 
     def _limited(self, sender: tuple[str, int]) -> bool:
         now = time.monotonic()
+        if len(self._rate) > 4096:  # many senders (or forged ones): forget those quiet for a second
+            self._rate = {k: v for k, v in self._rate.items() if now - v[0] < 1.0}
         r = self._rate.setdefault(sender, [now, 0, 0.0])
         if now - r[0] >= 1.0:
             r[0], r[1] = now, 0
@@ -138,6 +140,10 @@ class OscServer(Transport):
             return
         if addr.cmd == "takes":
             count = fields.pop("count", 10)
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
+                self._send(sender, f"{PREFIX}/fail", "takes", f"count must be a whole number 0 to 1000, got {count!r}",
+                           "bad_type")
+                return
         at = self._clock_sample(when)
         reply = answer(self.engine, fields, None, at)
         if not reply["ok"]:
@@ -145,7 +151,8 @@ class OscServer(Transport):
         elif addr.cmd == "status":
             self._send(sender, addr.reply, *status_args(reply["status"]))
         elif addr.cmd == "takes":
-            paths = [t.get("wav", "") for t in reply["takes"][: max(0, int(count))]]
+            folder = self.engine.cfg.takes_dir
+            paths = [str(folder / t["wav"]) for t in reply["takes"][:count] if "wav" in t]
             self._send(sender, addr.reply, *paths)
         else:
             rid = reply["id"]

@@ -64,6 +64,9 @@ def test_generate_is_acknowledged_and_notified_to_the_end(osc):
     assert args[0] == rid
     _, (path, done_id, state) = p.recv("/segue/take/done")
     assert done_id == rid and state == "done" and path.endswith(".wav")
+    time.sleep(0.1)  # the takes list is refreshed by the engine loop
+    p.send("/segue/takes", 1)
+    assert p.recv("/segue/takes.reply") == ("/segue/takes.reply", [path])
     p.close()
 
 
@@ -85,6 +88,9 @@ def test_sync_status_and_refusals(osc):
     _, (cmd, rid) = p.recv("/segue/done")
     _, (cmd, message, code) = p.recv("/segue/fail")
     assert (cmd, code) == ("continue", "no_such_take")
+    p.send("/segue/takes", "many")
+    _, (cmd, message, code) = p.recv("/segue/fail")
+    assert (cmd, code) == ("takes", "bad_type")
     p.sock.sendto(b"\x00garbage that is not OSC", server.address)
     _, (_, _, code) = p.recv("/segue/fail")
     assert code == "bad_request"
