@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -45,6 +46,22 @@ def test_cli_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no output device matches" in r.stderr
     r = run("send", "status", "oops")
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+    bad_map = tmp_path / "map.toml"
+    bad_map.write_text("[notes]\n36 = { cmd = \"dance\" }\n")
+    r = run("serve", "--model", "demo", "--audio-device", "none", "--osc", "none", "--midi-map", str(bad_map),
+            "--takes", str(tmp_path / "t"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown command" in r.stderr
+    r = run("demo", "--out", str(tmp_path / "demo"), "--audio-device", "no-such-card")
+    assert r.returncode == 2 and "no output device matches" in r.stderr
+
+
+def test_midi_asked_for_where_it_cannot_open_is_one_clear_error(tmp_path):
+    env = dict(os.environ, JACK_DEFAULT_SERVER="segue-no-such-server", JACK_NO_START_SERVER="1")
+    r = subprocess.run([sys.executable, "-m", "segue.daemon.cli", "serve", "--model", "demo", "--audio-device", "none",
+                        "--osc", "none", "--midi", "segue", "--midi-api", "jack", "--takes", str(tmp_path / "t")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    last = r.stderr.strip().splitlines()[-1]  # libjack prints its own lines before
+    assert r.returncode == 2 and last.startswith("segue: error: cannot open MIDI input through jack"), r.stderr
 
 
 @pytest.mark.slow
