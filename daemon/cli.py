@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "when a MIDI API is usable)")
     s.add_argument("--midi-api", default=None, choices=["auto", "jack", "alsa"], help="MIDI through JACK or ALSA")
     s.add_argument("--midi-map", default=None, metavar="FILE", help="MIDI mapping TOML (default: the shipped one)")
+    s.add_argument("--sync", default=None, choices=["none", "link", "jack"],
+                   help="follow a tempo leader: link (join the Ableton Link session) or jack (JACK transport); "
+                        "default none (tempo from commands and MIDI clock)")
     s.add_argument("--threads", type=int, default=None, metavar="N",
                    help="torch CPU threads (default: all cores but one, left to the audio)")
     s.add_argument("--takes", default=None, metavar="DIR", help="where takes are written (default ./takes)")

@@ -96,6 +96,7 @@ class Engine:
         self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
         self.sr = audio.sample_rate
         self.grid = Grid(self.sr)
+        self.tempo_source = "default"  # who set the tempo last (status)
         self.defaults = Defaults()
         guard = 2 * audio.block
         self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2)  # a transport sets `mixer.publish`
@@ -249,8 +250,9 @@ class Engine:
         elif isinstance(cmd, Tempo):
             self.grid = self.grid.retempo(self.audio.now() if at is None else at, cmd.bpm, cmd.beats_per_bar,
                                           cmd.beat)
+            self.tempo_source = cmd.source
             self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm,
-                           beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor))
+                           beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor, source=cmd.source))
 
     # -- takes ------------------------------------------------------------------------------------------------------
     def _take_audio(self, tid: int) -> tuple[np.ndarray, int] | None:
@@ -494,7 +496,7 @@ class Engine:
             rate=round(self.rate, 3), realtime=self.rate >= 1.0, first_chunk_s=round(self.first_latency, 3),
             horizon_ms=round(1000 * self.horizon / self.sr, 1),
             tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar,
-                       beat=round(self.grid.beat_at(self.audio.now()), 3)),
+                       beat=round(self.grid.beat_at(self.audio.now()), 3), source=self.tempo_source),
             takes=[dict(id=r.id, state=r.state, start=r.voice.start, generating=r.generating, lane=r.voice.lane)
                    for r in self.runs],
             defaults={k: (v.describe() if isinstance(v, Start) else v) for k, v in asdict(d).items()

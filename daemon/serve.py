@@ -36,6 +36,7 @@ class ServeSettings:
     midi: str = "auto"  # "segue" (a virtual input port), "all", a port name, "none"; "auto": segue on ALSA if any
     midi_api: str = "auto"  # jack, alsa or auto (ALSA when its sequencer exists, else JACK)
     midi_map: str | None = None  # TOML mapping (default: the one shipped with segue)
+    sync: str = "none"  # tempo leader: "link" (Ableton Link), "jack" (JACK transport) or "none"
     threads: int | None = None  # torch CPU threads; default: every core but one, which is left to the audio
     takes: str = "takes"
     allow: tuple[str, ...] = ()
@@ -75,6 +76,8 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
             log.warning("listening on %s: reachable from the network", ep)
     if s.threads is not None and not 1 <= s.threads <= 1024:
         raise SettingsError(f"threads must be 1 to 1024, got {s.threads}")
+    if s.sync not in ("none", "link", "jack"):
+        raise SettingsError(f"sync must be link, jack or none, got {s.sync!r}")
     if s.midi_api not in ("auto", "jack", "alsa"):
         raise SettingsError(f"midi-api must be auto, jack or alsa, got {s.midi_api!r}")
     if s.osc != "none":
@@ -130,6 +133,9 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
             transports.append(midi)
             if osc is not None:
                 osc.midi = midi  # /segue/learn
+        sync = _open_sync(s, engine)
+        if sync is not None:
+            transports.append(sync)
         stop = stop or threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             if threading.current_thread() is threading.main_thread():
@@ -146,12 +152,22 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
               f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint}"
               f" | osc {'%s:%d' % osc.address if osc else 'off'}"
               f" | midi {','.join(midi.names) + ' (' + midi.api + ')' if midi else 'off'}"
+              f" | sync {s.sync}"
               f" | takes {cfg.takes_dir}", flush=True)
         stop.wait()
     finally:
         for t in transports:
             t.close()
         engine.close()
+
+
+def _open_sync(s: ServeSettings, engine):
+    from segue.osc_bridge.tempo_sync import SyncError, open_sync
+
+    try:
+        return open_sync(s.sync, engine)
+    except SyncError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def _open_midi(s: ServeSettings, engine):

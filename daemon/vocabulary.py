@@ -169,6 +169,9 @@ class Tempo:
     bpm: float
     beats_per_bar: int | None = None
     beat: float | None = None  # beat position now (0 = a bar line); None keeps the grid's phase
+    # Who leads the tempo (shown in `status`): the transport a request came by, or a sync source such as "link",
+    # "jack_transport", "midi_clock". Set by the daemon, never by a request.
+    source: str = "zmq"
 
 
 @dataclass(frozen=True)

@@ -132,10 +132,10 @@ class MidiInput(Service):
         except Exception:  # a bad message must never stop MIDI input
             log.exception("MIDI message %s", msg)
 
-    def _submit(self, request: dict | None) -> None:
+    def _submit(self, request: dict | None, origin: str = "midi") -> None:
         if request is None:
             return
-        reply = answer(self.engine, request)
+        reply = answer(self.engine, request, origin=origin)
         if not reply["ok"]:
             log.warning("MIDI %s refused: %s", request.get("cmd"), reply["message"])
 
@@ -168,7 +168,7 @@ class MidiInput(Service):
             if self._tick_count is not None:
                 req["beat"] = (self._tick_count - 1) / PPQN  # the first tick after Start is beat 0
             self._sent_bpm, self._sent_at = bpm, now
-            self._submit(req)
+            self._submit(req, origin="midi_clock")
 
     # -- the flusher thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:

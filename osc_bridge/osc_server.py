@@ -145,7 +145,7 @@ class OscServer(Transport):
                            "bad_type")
                 return
         at = self._clock_sample(when)
-        reply = answer(self.engine, fields, None, at)
+        reply = answer(self.engine, fields, None, at, origin="osc")
         if not reply["ok"]:
             self._send(sender, f"{PREFIX}/fail", addr.cmd, reply["message"], reply["code"])
         elif addr.cmd == "status":

@@ -6,7 +6,6 @@ process-wide state, and a client of another server in this process can crash whe
 
 import time
 
-import numpy as np
 import pytest
 import soundfile as sf
 
