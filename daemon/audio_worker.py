@@ -86,12 +86,15 @@ def main(argv: list[str]) -> int:
             c[XRUN_FLAGS] |= int(status._flags)
         audio.process(indata if in_ch else None, outdata)
 
-    kwargs = dict(samplerate=rate, blocksize=cfg["block_size"], dtype="float32", callback=callback, latency="low")
+    def output_callback(outdata, frames, time_info, status) -> None:  # an output-only stream: no input block
+        callback(None, outdata, frames, time_info, status)
+
+    kwargs = dict(samplerate=rate, blocksize=cfg["block_size"], dtype="float32", latency="low")
     try:
         if in_ch:
-            stream = sd.Stream(device=(in_dev, out_dev), channels=(in_ch, out_ch), **kwargs)
+            stream = sd.Stream(device=(in_dev, out_dev), channels=(in_ch, out_ch), callback=callback, **kwargs)
         else:
-            stream = sd.OutputStream(device=out_dev, channels=out_ch, **kwargs)
+            stream = sd.OutputStream(device=out_dev, channels=out_ch, callback=output_callback, **kwargs)
         latency = stream.latency
         in_lat, out_lat = latency if isinstance(latency, tuple) else (0.0, latency)
         out_lat = round(out_lat * rate)

@@ -97,6 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="list audio devices")
 
+    b = sub.add_parser("bridge", help="OSC and MIDI here, the daemon on another machine: forward commands over "
+                                      "ZeroMQ and play its audio stream on this sound card, in time",
+                       description="Example: segue bridge --daemon tcp://gpu-box:5555")
+    b.add_argument("--daemon", default="tcp://127.0.0.1:5555", metavar="tcp://HOST:PORT",
+                   help="the daemon's request socket (its --zmq)")
+    b.add_argument("--pub", default=None, metavar="tcp://HOST:PORT",
+                   help="the daemon's event/audio socket (default: the daemon's port + 1)")
+    b.add_argument("--osc", default="127.0.0.1:9000", metavar="HOST:PORT", help="OSC over UDP (default 127.0.0.1:9000)")
+    b.add_argument("--midi", default="auto", metavar="segue|all|NAME|none|auto", help="MIDI input, as for serve")
+    b.add_argument("--midi-api", default="auto", choices=["auto", "jack", "alsa"])
+    b.add_argument("--midi-map", default=None, metavar="FILE")
+    b.add_argument("--audio-device", default="auto", metavar="NAME|none|auto", help="the local sound card")
+    b.add_argument("--sample-rate", type=int, default=None, metavar="R", help="default: the daemon's rate")
+    b.add_argument("--block-size", type=int, default=256, metavar="N")
+    b.add_argument("--delay", type=float, default=0.15, metavar="SECONDS",
+                   help="how far local playback runs behind the daemon's clock: more than the network's worst "
+                        "delay (default 0.15)")
+
     m = sub.add_parser("demo", help="run the daemon with the demo model: a generate and a continue of the shipped "
                                     "loop, then stop")
     m.add_argument("--out", default="out", metavar="DIR", help="where the takes go (default ./out)")
@@ -156,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
             flags = dict(vars(args))
             flags["allow"] = tuple(args.allow) if args.allow else None
             serve(load_settings(args.config, flags))
+        elif args.command == "bridge":
+            from segue.osc_bridge.bridge import BridgeSettings, bridge
+
+            bridge(BridgeSettings(args.daemon, args.pub, args.osc, args.midi, args.midi_api, args.midi_map,
+                                  args.audio_device, args.sample_rate, args.block_size, args.delay))
         elif args.command == "send":
             send(args)
         elif args.command == "demo":

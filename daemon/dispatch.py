@@ -28,10 +28,37 @@ def answer(engine: Engine, request, pcm: bytes | np.ndarray | None = None, at: i
     if isinstance(cmd, Tempo):
         cmd = replace(cmd, source=origin)
     if isinstance(cmd, Status):
-        return dict(ok=True, cmd="status", status=engine.status())
+        # The clock read now (not the snapshot's): a bridge on another machine measures the daemon's time with it.
+        return dict(ok=True, cmd="status", status=engine.status(), clock=engine.audio.now(),
+                    sample_rate=engine.audio.sample_rate)
     if isinstance(cmd, Takes):
         return dict(ok=True, cmd="takes", takes=engine.takes())
     return dict(ok=True, cmd=request["cmd"], id=engine.submit(cmd, at))
+
+
+class LocalEngine:
+    """The engine in this process, as the OSC and MIDI adapters see it. `segue bridge` gives them a remote daemon
+    with the same three members instead (osc_bridge/remote.py)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def answer(self, request, pcm=None, at: int | None = None, origin: str = "zmq") -> dict:
+        return answer(self.engine, request, pcm, at, origin)
+
+    def clock_sample(self, ahead: float) -> int:
+        """The audio clock sample heard `ahead` seconds from now."""
+        audio = self.engine.audio
+        return int(audio.now() + ahead * audio.sample_rate)
+
+    @property
+    def takes_dir(self):
+        return self.engine.cfg.takes_dir
+
+
+def backend(engine) -> "LocalEngine":
+    """An Engine, or something that already answers like one (a remote daemon)."""
+    return engine if hasattr(engine, "clock_sample") else LocalEngine(engine)
 
 
 class Transport(Service):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from segue.daemon.dispatch import answer
+from segue.daemon.dispatch import backend
 from segue.daemon.engine import Engine
 from segue.daemon.service import Service
 from segue.models.errors import SegueError
@@ -53,7 +53,7 @@ class MidiInput(Service):
     def __init__(self, engine: Engine, mapping: MidiMap, ports: str = "segue", api: str = "auto",
                  save_to: Path | None = None):
         super().__init__("segue-midi")
-        self.engine, self.map = engine, mapping
+        self.engine, self.map = backend(engine), mapping
         self.save_to = save_to or USER_MAP  # where MIDI learn writes the mapping
         self._learning: tuple | None = None  # (kind, rule, done callback)
         self.backend, self.api = _backend(api)
@@ -135,7 +135,7 @@ class MidiInput(Service):
     def _submit(self, request: dict | None, origin: str = "midi") -> None:
         if request is None:
             return
-        reply = answer(self.engine, request, origin=origin)
+        reply = self.engine.answer(request, origin=origin)
         if not reply["ok"]:
             log.warning("MIDI %s refused: %s", request.get("cmd"), reply["message"])
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
-from segue.daemon.dispatch import Transport, answer
+from segue.daemon.dispatch import Transport, backend
 from segue.daemon.engine import Engine
 from segue.osc_bridge.addresses import PREFIX, OscError, to_request
 
@@ -48,7 +48,7 @@ def encode(address: str, *args) -> bytes:
 class OscServer(Transport):
     def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 9000):
         super().__init__("segue-osc")
-        self.engine = engine
+        self.engine = backend(engine)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.05)
@@ -145,13 +145,13 @@ class OscServer(Transport):
                            "bad_type")
                 return
         at = self._clock_sample(when)
-        reply = answer(self.engine, fields, None, at, origin="osc")
+        reply = self.engine.answer(fields, None, at, origin="osc")
         if not reply["ok"]:
             self._send(sender, f"{PREFIX}/fail", addr.cmd, reply["message"], reply["code"])
         elif addr.cmd == "status":
             self._send(sender, addr.reply, *status_args(reply["status"]))
         elif addr.cmd == "takes":
-            folder = self.engine.cfg.takes_dir
+            folder = self.engine.takes_dir
             paths = [str(folder / t["wav"]) for t in reply["takes"][:count] if "wav" in t]
             self._send(sender, addr.reply, *paths)
         else:
@@ -166,8 +166,7 @@ class OscServer(Transport):
         ahead = when - time.time()
         if ahead <= 0.001:
             return None
-        audio = self.engine.audio
-        return int(audio.now() + ahead * audio.sample_rate)
+        return self.engine.clock_sample(ahead)
 
     def _control(self, path: str, fields: dict, sender: tuple[str, int]) -> None:
         if path.endswith("/learn"):
