@@ -130,3 +130,39 @@ def test_midi_through_jack_triggers_moves_and_clocks(jack, demo, tmp_path):
         midi.close()
         osc.close()
         engine.close()
+
+
+@pytest.mark.slow
+def test_raw_midi_garbage_and_running_status_noise_through_jack_change_nothing(jack, demo, tmp_path):
+    """Bytes no keyboard should send (truncated messages, stray data bytes, running status, an unterminated sysex,
+    undefined status bytes) arrive over a real JACK MIDI connection; segue ignores them and the next note works."""
+    import rtmidi
+
+    from segue.osc_bridge.midi_input import MidiInput
+
+    engine, osc = start_engine(demo, tmp_path / "takes", lambda e: OscServer(e, "127.0.0.1", 0))
+    midi = MidiInput(engine, load_map(), "segue", "jack")
+    midi.start()
+    out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name="segue-test-noise")
+    try:
+        out.open_virtual_port("noise")
+        subprocess.run(["jack_connect", "segue-test-noise:noise", "segue:segue"], env=jack.env, check=True)
+        # (rtmidi sends at most 3 bytes per event unless it is a sysex; running status is a status-less event)
+        garbage = [[0x90, 60], [62, 0], [64, 0], [0xF0, 1, 2, 3], [0xF0, 0x55, 0x90, 39, 100], [0xF4], [0xFD, 0xF5],
+                   [0xF0] + [0x55] * 300 + [0xF7], [0xB0, 200, 44], [0xFF, 0xFF], [0xE0], [0xC0, 250]]
+        garbage += [[b, 0x80 | (b * 7) % 128, 0x80 | (b * 13) % 128] for b in range(128, 256)]  # data bytes >= 128
+        for _ in range(20):
+            for raw in garbage:
+                out.send_message(raw)
+        time.sleep(0.5)
+        assert not engine.status()["takes"] and engine.status()["defaults"]["temperature"] == 1.0
+        out.send_message([0x90, 39, 100])  # a proper note: generate
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not engine.status()["takes"]:
+            time.sleep(0.05)
+        assert engine.status()["takes"], "MIDI input stopped working after the noise"
+    finally:
+        out.close_port()
+        midi.close()
+        osc.close()
+        engine.close()

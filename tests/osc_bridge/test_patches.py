@@ -1,6 +1,8 @@
-"""The patches in max_patches/: every OSC address they use exists in the address table, and Pd itself, running
-the shipped Pd patch, reaches a running daemon and triggers a take."""
+"""The patches in max_patches/: every OSC address they use exists in the address table, every command of the table
+is reachable from the Max for Live patch (parsed from its JSON), and Pd itself, running the shipped Pd patch,
+reaches a running daemon and triggers a take. (Max is not available here: the Max patch is checked, not run.)"""
 
+import json
 import re
 import socket
 import subprocess
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segue.osc_bridge.addresses import BY_PATH, PREFIX
+from segue.osc_bridge.addresses import ADDRESSES, BY_PATH, OUTGOING, PREFIX
 from segue.osc_bridge.osc_server import OscServer
 from support import start_engine
 
@@ -59,3 +61,48 @@ def test_pd_runs_the_patch_and_it_drives_the_daemon(demo, tmp_path):
     assert "error:" not in out and "segue fail" not in out, out  # Pd loaded every object; nothing was refused
     assert "segue: segue done generate" in out, out  # Pd received the daemon's answer on its reply port
     assert "segue: segue status.reply demo" in out, out
+
+
+def _max_patch() -> tuple[dict, dict, list]:
+    patcher = json.loads((PATCHES / "segue.maxpat").read_text())["patcher"]
+    boxes = {b["box"]["id"]: b["box"] for b in patcher["boxes"]}
+    return patcher, boxes, [ln["patchline"] for ln in patcher["lines"]]
+
+
+def test_the_max_patch_is_well_formed_and_uses_only_table_addresses():
+    _, boxes, lines = _max_patch()
+    for ln in lines:  # every cord joins existing boxes at outlets and inlets they have
+        (src, o), (dst, i) = ln["source"], ln["destination"]
+        assert src in boxes and dst in boxes, ln
+        assert o < boxes[src]["numoutlets"] and i < boxes[dst]["numinlets"], ln
+    texts = [b.get("text", "") for b in boxes.values() if b["maxclass"] != "comment"]
+    used = {a for t in texts for a in re.findall(r"/segue/[a-z._/]+", t)}
+    known = set(BY_PATH) | {path for path, _ in OUTGOING} | {a.reply for a in ADDRESSES if a.reply}
+    assert used <= known, used - known
+    kinds = [b["maxclass"] for b in boxes.values()]
+    assert kinds.count("live.dial") == 3 and "live.menu" in kinds and "textedit" in kinds
+    dials = [b["saved_attribute_attributes"]["valueof"]["parameter_longname"] for b in boxes.values()
+             if b["maxclass"] == "live.dial" and b.get("parameter_enable")]  # automatable in Live
+    assert dials == ["Temperature", "CFG", "Top-k"]
+    assert any(t.startswith("buffer~") for t in texts) and any(t.startswith("udpreceive") for t in texts)
+
+
+def test_every_command_in_the_table_reaches_udpsend_in_the_max_patch():
+    _, boxes, lines = _max_patch()
+    send = next(k for k, b in boxes.items() if b.get("text", "").startswith("udpsend"))
+    feeds: dict[str, set] = {}
+    for ln in lines:
+        feeds.setdefault(ln["source"][0], set()).add(ln["destination"][0])
+
+    def reaches(box: str, seen=None) -> bool:
+        seen = seen or set()
+        if box == send:
+            return True
+        seen.add(box)
+        return any(reaches(d, seen) for d in feeds.get(box, ()) if d not in seen)
+
+    sent = {a for k, b in boxes.items() if reaches(k) for a in re.findall(r"/segue/[a-z._/]+", b.get("text", ""))}
+    assert {a.path for a in ADDRESSES} <= sent, {a.path for a in ADDRESSES} - sent
+    # Live's tempo and song position become /segue/tempo; Live stopping becomes /segue/stop
+    observers = {b["text"] for b in boxes.values() if b.get("text", "").startswith("live.observer")}
+    assert {"live.observer tempo", "live.observer current_song_time", "live.observer is_playing"} <= observers
