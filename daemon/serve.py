@@ -136,10 +136,7 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
         sync = _open_sync(s, engine)
         if sync is not None:
             transports.append(sync)
-        stop = stop or threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals(stop)
         engine.start()
         for t in transports:
             t.start()
@@ -151,7 +148,7 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
               f" | {engine.rate:.2f}x real time, first chunk {1000 * engine.first_latency:.0f} ms"
               f" | zmq {zmq_server.endpoint} pub {zmq_server.pub_endpoint}"
               f" | osc {'%s:%d' % osc.address if osc else 'off'}"
-              f" | midi {','.join(midi.names) + ' (' + midi.api + ')' if midi else 'off'}"
+              f" | midi {midi.label if midi else 'off'}"
               f" | sync {s.sync}"
               f" | takes {cfg.takes_dir}", flush=True)
         stop.wait()
@@ -159,6 +156,16 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
         for t in transports:
             t.close()
         engine.close()
+
+
+def stop_on_signals(stop: threading.Event | None) -> threading.Event:
+    """The event that ends `serve` / `bridge`: the one given, or a new one that SIGTERM and SIGINT set (signal
+    handlers can only be installed from the main thread)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _open_sync(s: ServeSettings, engine):

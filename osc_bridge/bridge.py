@@ -8,12 +8,11 @@ onto the daemon's clock by the same amount (osc_bridge/remote.py).
 from __future__ import annotations
 
 import re
-import signal
 import threading
 from dataclasses import dataclass
 
 from segue.daemon.audio_io import AudioConfig, open_audio
-from segue.daemon.serve import SettingsError, _open_midi, osc_address
+from segue.daemon.serve import SettingsError, _open_midi, osc_address, stop_on_signals
 from segue.osc_bridge.remote import BridgeError, RemoteDaemon, RemotePlayer
 
 
@@ -66,10 +65,7 @@ def bridge(s: BridgeSettings, ready=print, stop: threading.Event | None = None) 
             osc.midi = midi
         player = RemotePlayer(remote, pub, audio, transports)
         opened.append(player)
-        stop = stop or threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
+        stop = stop_on_signals(stop)
         audio.start()
         player.start()
         for t in transports:
@@ -78,7 +74,7 @@ def bridge(s: BridgeSettings, ready=print, stop: threading.Event | None = None) 
         ready(f"segue bridge ready: daemon {s.daemon} pub {pub} ({remote.sample_rate} Hz, round trip "
               f"{1000 * remote.rtt:.1f} ms) | audio {st['audio_device']} {audio.sample_rate} Hz, delay "
               f"{1000 * s.delay:.0f} ms | osc {'%s:%d' % osc.address} "
-              f"| midi {','.join(midi.names) + ' (' + midi.api + ')' if midi else 'off'} |", flush=True)
+              f"| midi {midi.label if midi else 'off'} |", flush=True)
         stop.wait()
     finally:
         for t in transports:

@@ -107,6 +107,11 @@ class MidiInput(Service):
     def names(self) -> list[str]:
         return [p.name for p in self.inputs]
 
+    @property
+    def label(self) -> str:
+        """For the ready line: the ports and the API."""
+        return f"{','.join(self.names)} ({self.api})"
+
     # -- rtmidi's thread ------------------------------------------------------------------------------------------
     def _on(self, msg) -> None:
         try:

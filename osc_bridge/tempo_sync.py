@@ -165,25 +165,18 @@ class JackTransportSync(TempoFollower):
 
     def __init__(self, engine: Engine):
         super().__init__(engine)
-        self.client = None
-        self.latency = 0
-        self._open()
-
-    def _open(self) -> None:
         try:
             import jack
 
             self.client = jack.Client("segue-transport", no_start_server=True)
         except Exception as exc:
             raise SyncError(f"cannot follow JACK transport ({exc}); start the JACK server first") from exc
-        self.jack = jack
+        self.rolling = jack.ROLLING
         speakers = self.client.get_ports(is_audio=True, is_input=True, is_physical=True)
         # Transport frames are what clients render now; a listener hears them the sound card's latency later.
         self.latency = _playback_latency(speakers[0]) if speakers else 0
 
     def read(self) -> Reading | None:
-        if self.client is None:
-            self._open()
         while True:  # the transport position of the cycle whose first frame is `cycle`, both of one cycle
             cycle = self.client.last_frame_time
             state, pos = self.client.transport_query()
@@ -202,15 +195,14 @@ class JackTransportSync(TempoFollower):
         else:
             bpm, bpb = grid.bpm, grid.beats_per_bar
             beat = heard / rate * bpm / 60.0
-        rolling = state == self.jack.ROLLING
+        rolling = state == self.rolling
         return Reading(bpm, bpb, beat if rolling else None, sample, rolling)
 
     def _release(self) -> None:
-        if self.client is not None:
-            try:
-                self.client.close()
-            except Exception:
-                pass
+        try:
+            self.client.close()
+        except Exception:
+            pass
 
 
 def _playback_latency(port) -> int:

@@ -6,6 +6,7 @@ Nothing here is segue code: these are the oracle and the fixtures segue is check
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -379,3 +380,14 @@ def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: 
     engine.start()
     transports[0].start()
     return engine, transports[0]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    """Poll `predicate` until it returns something true (returned), or fail after `timeout` s naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -4,28 +4,19 @@ A module of its own: the shared JACK rig of test_jack.py must be gone before a s
 process-wide state, and a client of another server in this process can crash when one dies).
 """
 
-import time
 
 import pytest
 import soundfile as sf
 
 from jack_rig import Daemon, JackServer, Recorder
 from segue.daemon.client import Client
+from support import wait_until
 
 pytestmark = pytest.mark.slow
 
 RATE, BLOCK = 48000, 256
 
 
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_jack_server_killed_mid_take_then_back(tmp_path):
@@ -46,19 +37,19 @@ def test_jack_server_killed_mid_take_then_back(tmp_path):
 
         server.kill()
         audio_when = lambda running: lambda: (a := status()["audio"])["running"] == running and a  # noqa: E731
-        lost = _wait_for(audio_when(False), 5, "the loss in status")
+        lost = wait_until(audio_when(False), 5, "the loss in status")
         assert "lost" in lost["error"] and daemon.proc.poll() is None
         grown = sf.info(path).frames
-        _wait_for(lambda: sf.info(path).frames > grown + RATE // 2, 10, "the take to go on without the device")
+        wait_until(lambda: sf.info(path).frames > grown + RATE // 2, 10, "the take to go on without the device")
 
         server.start()
-        back = _wait_for(audio_when(True), 20, "the device to reopen")
+        back = wait_until(audio_when(True), 20, "the device to reopen")
         assert back["reopened"] == 1 and back["error"] is None and back["clock"] > clock0
         client.request("stop")
         client.wait(rid, timeout=30)
 
         recorder = Recorder(server, seconds=30)
-        recorder.connect(_wait_for(lambda: server.ports("PortAudio:out"), 5, "the daemon's ports"))
+        recorder.connect(wait_until(lambda: server.ports("PortAudio:out"), 5, "the daemon's ports"))
         t0 = recorder.client.frame_time
         done = client.wait(client.request("generate", seconds=1.0, start="now", seed=4)["id"], timeout=30)
         recorder.wait_for(recorder.client.frame_time + 2 * BLOCK)

@@ -10,21 +10,13 @@ import pytest
 
 from jack_rig import Daemon, JackServer, Recorder
 from segue.daemon.client import Client
+from support import wait_until
 
 pytestmark = pytest.mark.slow
 
 RATE, BLOCK, BPM = 48000, 256, 100.0
 BAR = round(4 * RATE * 60 / BPM)
 
-
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _frame_offset(client) -> int:
@@ -55,7 +47,7 @@ def test_jack_transport_leads_tempo_bar_lines_and_stop(tmp_path):
                                              str(BLOCK), "--sync", "jack", "--midi", "none"], env=server.env)
         assert "| sync jack |" in daemon.ready_line
         client = Client(daemon.endpoint, daemon.pub, timeout=10)
-        tempo = _until(lambda: (t := client.request("status")["status"]["tempo"])["source"] == "jack_transport"
+        tempo = wait_until(lambda: (t := client.request("status")["status"]["tempo"])["source"] == "jack_transport"
                        and abs(t["bpm"] - BPM) < 1e-6 and t, 10, "the daemon to follow JACK transport")
         assert tempo["beats_per_bar"] == 4
 

@@ -13,7 +13,7 @@ from jack_rig import Daemon
 from segue.daemon.client import Client
 from segue.daemon.vocabulary import Generate, Length, Start, Tempo
 from segue.osc_bridge.tempo_sync import LinkSync
-from support import start_engine
+from support import start_engine, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -56,15 +56,6 @@ class Peer:
         self.proc.wait(5)
 
 
-def _until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.fixture
 def peer():
@@ -94,19 +85,19 @@ def _phase_error_ms(engine, peer: Peer) -> float:
 def test_segue_follows_the_session_tempo_and_bar_lines_and_proposes_its_own(demo, tmp_path, peer):
     engine, sync = start_engine(demo, tmp_path, LinkSync)
     try:
-        _until(lambda: sync.peers >= 1, 10, "the peers to find each other")
-        _until(lambda: engine.tempo_source == "link" and abs(engine.grid.bpm - 133.0) < 1e-3, 5, "133 bpm")
-        _until(lambda: engine.status()["tempo"]["source"] == "link", 2, "status to name link")
+        wait_until(lambda: sync.peers >= 1, 10, "the peers to find each other")
+        wait_until(lambda: engine.tempo_source == "link" and abs(engine.grid.bpm - 133.0) < 1e-3, 5, "133 bpm")
+        wait_until(lambda: engine.status()["tempo"]["source"] == "link", 2, "status to name link")
         assert _phase_error_ms(engine, peer) < BLOCK_MS  # segue's bar lines (where `next_bar` takes start) are the session's
         peer.say("tempo 97")
-        _until(lambda: abs(engine.grid.bpm - 97.0) < 1e-3, 5, "the tempo change")
+        wait_until(lambda: abs(engine.grid.bpm - 97.0) < 1e-3, 5, "the tempo change")
         time.sleep(0.3)
         assert _phase_error_ms(engine, peer) < BLOCK_MS
 
         # A tempo from OSC / ZeroMQ / MIDI goes to the session, and everyone (segue included) follows it.
         engine.submit(Tempo(110.0, source="osc"))
-        _until(lambda: abs(peer.say("state")["bpm"] - 110.0) < 1e-3, 5, "the peer to take segue's tempo")
-        _until(lambda: engine.tempo_source == "link" and abs(engine.grid.bpm - 110.0) < 1e-3, 5, "link to lead")
+        wait_until(lambda: abs(peer.say("state")["bpm"] - 110.0) < 1e-3, 5, "the peer to take segue's tempo")
+        wait_until(lambda: engine.tempo_source == "link" and abs(engine.grid.bpm - 110.0) < 1e-3, 5, "link to lead")
         time.sleep(0.3)
         assert _phase_error_ms(engine, peer) < BLOCK_MS
         assert sync.submitted < 40  # re-anchors only on a change or real drift, not on every poll
@@ -118,13 +109,13 @@ def test_segue_follows_the_session_tempo_and_bar_lines_and_proposes_its_own(demo
 def test_the_session_stopping_stops_the_takes(demo, tmp_path, peer):
     engine, sync = start_engine(demo, tmp_path, LinkSync)
     try:
-        _until(lambda: sync.peers >= 1, 10, "the peers to find each other")
+        wait_until(lambda: sync.peers >= 1, 10, "the peers to find each other")
         peer.say("play")
-        _until(lambda: sync.was_playing, 5, "segue to see the session play")
+        wait_until(lambda: sync.was_playing, 5, "segue to see the session play")
         engine.submit(Generate(None, Start("now"), Length(), 3))
-        _until(lambda: engine.status()["takes"], 10, "the take to play")
+        wait_until(lambda: engine.status()["takes"], 10, "the take to play")
         peer.say("stop")
-        _until(lambda: not engine.status()["takes"], 10, "the take to stop with the session")
+        wait_until(lambda: not engine.status()["takes"], 10, "the take to stop with the session")
         stopped = sorted(tmp_path.glob("*.json"))
         assert stopped and '"state": "stopped"' in stopped[-1].read_text()
     finally:
@@ -137,7 +128,7 @@ def test_serve_with_sync_link_names_link_in_status(tmp_path, peer):
     client = Client(daemon.endpoint, daemon.pub, timeout=10)
     try:
         assert "| sync link |" in daemon.ready_line
-        _until(lambda: (t := client.request("status")["status"]["tempo"])["source"] == "link"
+        wait_until(lambda: (t := client.request("status")["status"]["tempo"])["source"] == "link"
                and abs(t["bpm"] - 133.0) < 1e-3, 10, "status to name link and the session's tempo")
     finally:
         client.close()

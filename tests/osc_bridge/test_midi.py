@@ -12,7 +12,7 @@ from pythonosc.osc_packet import OscPacket
 from jack_rig import JackServer
 from segue.osc_bridge.midi_map import MappingError, load_map
 from segue.osc_bridge.osc_server import OscServer, encode
-from support import start_engine
+from support import start_engine, wait_until
 
 
 def test_the_shipped_mapping_loads_and_maps():
@@ -157,10 +157,8 @@ def test_raw_midi_garbage_and_running_status_noise_through_jack_change_nothing(j
         time.sleep(0.5)
         assert not engine.status()["takes"] and engine.status()["defaults"]["temperature"] == 1.0
         out.send_message([0x90, 39, 100])  # a proper note: generate
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not engine.status()["takes"]:
-            time.sleep(0.05)
-        assert engine.status()["takes"], "MIDI input stopped working after the noise"
+        wait_until(lambda: engine.status()["takes"], 10, "a take from the note (MIDI input stopped working after the "
+                                                          "noise)")
     finally:
         out.close_port()
         midi.close()
