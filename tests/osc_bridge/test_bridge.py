@@ -92,3 +92,6 @@ def test_the_bridge_says_what_to_do_when_no_daemon_answers():
     out = subprocess.run([sys.executable, "-m", "segue.daemon.cli", "bridge", "--daemon", "gpu-box:5555"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "tcp://HOST:PORT" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "segue.daemon.cli", "bridge", "--delay", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--delay must be 0 to 5 seconds" in out.stderr
