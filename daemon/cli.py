@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder `continue source=file` may read (repeatable; the takes folder always)")
     s.add_argument("--pace", choices=["realtime", "asap"], default=None,
                    help="realtime: play in time (default); asap: no playback, render takes as fast as possible")
+    s.add_argument("--keep-models", type=int, default=None, metavar="N",
+                   help="models kept loaded after `set model=` replaced them, for an instant switch back (default "
+                        "0: a replaced model is freed once its last take ends)")
 
     n = sub.add_parser("send", help="send one command to a running daemon and print the reply",
                        description="Example: segue send continue source=live last_bars=2 bars=2 start=next_bar")

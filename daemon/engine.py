@@ -27,14 +27,15 @@ import torch
 
 from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
+from segue.daemon.model_slot import Loaded, ModelLoader, warm_up
 from segue.daemon.playback import Mixer, Voice
 from segue.daemon.sources import encode_prompt, prompt_audio
 from segue.daemon.take_stream import Run
 from segue.daemon.takes import TakeFiles, list_takes
-from segue.daemon.vocabulary import (INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue, Generate,
-                                     Length, Retry, Sampling, Set, Start, Stop, Tempo)
+from segue.daemon.vocabulary import (BUSY, INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue,
+                                     Generate, Length, Retry, Sampling, Set, Start, Stop, Tempo)
 from segue.models.errors import SegueError
-from segue.models.generation import Take, TakeSnapshot, prompt_codes, pump_takes
+from segue.models.generation import Take, TakeSnapshot, pump_takes
 from segue.models.lm.config import SamplingParams
 from segue.models.musicgen import MusicGen
 
@@ -58,6 +59,9 @@ class EngineConfig:
     # LM streams (KV caches: ~0.6 GB each for musicgen-small in float32) kept allocated between takes, so a request
     # never waits for one to be allocated and zeroed. Allocated at warm-up.
     stream_pool: int = 2
+    # Models kept loaded after `set model=` replaced them (0: an old model goes once its last take has ended), so
+    # that switching back is instant. Each costs its weights and its idle streams in memory.
+    keep_models: int = 0
 
 
 @dataclass
@@ -89,9 +93,28 @@ class Defaults:
         return Length(seconds=self.seconds) if self.seconds is not None else Length(bars=self.bars)
 
 
+@dataclass(frozen=True)
+class _Adopt:
+    """The loader thread's result for `set model=` (engine-internal, never parsed from a request)."""
+
+    ref: str
+    loaded: Loaded | None
+    error: CommandError | None
+
+
 class Engine:
-    def __init__(self, model: MusicGen, audio: Audio, cfg: EngineConfig, emit: Callable[[dict], None]):
-        self.model, self.audio, self.cfg, self.emit = model, audio, cfg, emit
+    """Args:
+        model: the model new takes use until `set model=` brings another.
+        load: model reference -> MusicGen on the daemon's device (for `set model=`); None: the model is fixed.
+    """
+
+    def __init__(self, model: MusicGen, audio: Audio, cfg: EngineConfig, emit: Callable[[dict], None],
+                 load: Callable[[str], MusicGen] | None = None):
+        self.audio, self.cfg, self.emit = audio, cfg, emit
+        self.current = Loaded(model)  # new takes use it
+        self.loaded: list[Loaded] = [self.current]  # the current model, older ones still playing or kept
+        self.loader = None if load is None else ModelLoader(
+            load, lambda m: warm_up(m, cfg.chunk_frames, cfg.stream_pool), self._loaded)
         cfg.takes_dir.mkdir(parents=True, exist_ok=True)
         self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
         self.sr = audio.sample_rate
@@ -105,11 +128,8 @@ class Engine:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ids = itertools.count(self._first_id())
         self.runs: list[Run] = []
-        self.pool: list = []  # idle LM streams, reused by the next takes
         self.later: list = []  # (clock sample, id, command, time) held until their time: a heap
         self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
-        self.rate = 1.0  # audio seconds one take generates per wall second (measured)
-        self.first_latency = 0.5  # seconds from request to a take's first chunk (measured)
         self.iter_time = 0.0
         self.setup_s = 0.2  # seconds a take's set-up kept the engine from mixing, lately (measured)
         self._status: dict = {}
@@ -123,6 +143,19 @@ class Engine:
     def _first_id(self) -> int:
         taken = [int(p.name[:4]) for p in self.cfg.takes_dir.glob("[0-9][0-9][0-9][0-9]-*.json")]
         return max(taken, default=0) + 1
+
+    @property
+    def model(self) -> MusicGen:
+        return self.current.model
+
+    @property
+    def rate(self) -> float:
+        """Audio seconds one take of the current model generates per wall second (measured at warm-up)."""
+        return self.current.rate
+
+    @property
+    def first_latency(self) -> float:
+        return self.current.first_latency
 
     # -- any thread -------------------------------------------------------------------------------------------------
     def submit(self, cmd: Command, at: int | None = None) -> int:
@@ -159,25 +192,9 @@ class Engine:
         self.runs.clear()
         self.audio.close()
 
-    # -- warm-up --------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def warm_up(self, seconds: float = 1.0) -> None:
-        """Run a short take and a continuation once (kernels, allocator, text encoder) and measure the rate."""
-        frames = max(2, round(seconds * self.model.frame_rate))
-        t = time.monotonic()
-        take = first_take = Take(self.model, "warm up", None, frames, SamplingParams(seed=0), self.cfg.chunk_frames)
-        first = None
-        for _ in take:
-            first = first or time.monotonic() - t
-        took = time.monotonic() - t
-        silence = torch.zeros(self.model.channels, self.model.hop_length * 4)
-        take = Take(self.model, None, prompt_codes(self.model, silence), frames, SamplingParams(seed=0),
-                    self.cfg.chunk_frames)
-        for _ in take:
-            pass
-        self.rate = frames / self.model.frame_rate / max(took, 1e-6)
-        self.pool = [first_take.stream, take.stream][: self.cfg.stream_pool]
-        self.first_latency = first or took
+        """Warm the first model up (before `start`): kernels, allocator, its streams and its measured speed."""
+        self.current = self.loaded[0] = warm_up(self.model, self.cfg.chunk_frames, self.cfg.stream_pool, seconds)
 
     # -- engine thread ----------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -230,9 +247,11 @@ class Engine:
     def _handle(self, rid: int, cmd: Command, t: float, at: int | None = None) -> None:
         if at is not None and isinstance(cmd, (Generate, Continue, Retry)) and cmd.start is None:
             cmd = replace(cmd, start=Start(None, at))
-        if isinstance(cmd, (Generate, Continue, Retry)):
+        if isinstance(cmd, _Adopt):
+            self._adopt(rid, cmd)
+        elif isinstance(cmd, (Generate, Continue, Retry)):
             if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
-                raise CommandError("busy", f"{self.cfg.max_takes} takes are generating already; stop one first")
+                raise CommandError(BUSY, f"{self.cfg.max_takes} takes are generating already; stop one first")
             # Setting a take up (encoding its prompt, prefilling the LM) keeps this thread from mixing for a while:
             # the bus gets that much more of what is playing first, so nothing drops out meanwhile.
             if self.cfg.pace != "asap":
@@ -267,11 +286,11 @@ class Engine:
         n = round(length.seconds * self.sr) if length.seconds is not None else self.grid.bars(length.bars)
         return max(1, n)
 
-    def _frames_for(self, samples: int | None) -> int | None:
+    def _frames_for(self, samples: int | None, model: MusicGen) -> int | None:
         if samples is None:
             return None
         # one frame of margin: the resampler's output for the last frame must cover the exact length
-        return math.ceil(samples * self.model.sample_rate / self.sr / self.model.hop_length) + 1
+        return math.ceil(samples * model.sample_rate / self.sr / model.hop_length) + 1
 
     def _new_take(self, rid: int, cmd: Generate | Continue, t: float) -> None:
         d = self.defaults
@@ -280,30 +299,33 @@ class Engine:
         samples = self._length_samples(length)
         meta = dict(cmd=type(cmd).__name__.lower(), prompt=text, length=asdict(length))
         prompt = heard = None
+        slot = self.current
         if isinstance(cmd, Continue):
             pcm, sr, desc = prompt_audio(cmd.source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
                                          folders=self.folders, default_seconds=d.prompt_seconds,
                                          default_bars=d.prompt_bars)
             t_enc = time.monotonic()
-            prompt = encode_prompt(self.model, pcm, sr)  # [1, K, P]
+            prompt = encode_prompt(slot.model, pcm, sr)  # [1, K, P]
             meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
             heard = (pcm, sr)
         sampling = d.sampling(cmd.sampling, cmd.seed)
-        take = self._with_stream(lambda stream: Take(self.model, text, prompt, self._frames_for(samples), sampling,
-                                                     self.cfg.chunk_frames, stream=stream))
+        frames = self._frames_for(samples, slot.model)
+        take = self._with_stream(slot, lambda stream: Take(slot.model, text, prompt, frames, sampling,
+                                                           self.cfg.chunk_frames, stream=stream))
         codes = None if prompt is None else prompt[0].cpu().numpy().astype(np.int16)  # [K, P]
-        self._launch(rid, meta["cmd"], take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
+        self._launch(rid, meta["cmd"], slot, take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
                      prompt_audio=heard)
 
-    def _with_stream(self, make: Callable[[object], Take]) -> Take:
-        """`make(stream)` with a pooled stream when one is idle (else the take allocates its own); the stream goes
-        back to the pool if the take cannot be made."""
-        stream = self.pool.pop() if self.pool else None
+    @staticmethod
+    def _with_stream(slot: Loaded, make: Callable[[object], Take]) -> Take:
+        """`make(stream)` with a pooled stream of the model when one is idle (else the take allocates its own); the
+        stream goes back to the pool if the take cannot be made."""
+        stream = slot.pool.pop() if slot.pool else None
         try:
             return make(stream)
         except BaseException:
             if stream is not None:
-                self.pool.append(stream)
+                slot.pool.append(stream)
             raise
 
     def _retry(self, rid: int, cmd: Retry, t: float) -> None:
@@ -312,25 +334,28 @@ class Engine:
             raise CommandError(NO_SUCH_TAKE, f"take {tid} has no saved prompt state (only this session's recent "
                                              "takes can be retried); start a new one")
         snap, meta = self.snapshots[tid]
-        samples = meta["samples"]
+        slot, samples = meta["slot"], meta["samples"]
         seed = cmd.seed if cmd.seed is not None else int.from_bytes(os.urandom(4), "little")
-        take = self._with_stream(lambda stream: Take.from_snapshot(self.model, snap, self._frames_for(samples), seed,
-                                                                   self.cfg.chunk_frames, stream))
+        frames = self._frames_for(samples, slot.model)
+        # The same prompt state on the same model, also after `set model=` while that model is still loaded.
+        take = self._with_stream(slot, lambda stream: Take.from_snapshot(slot.model, snap, frames, seed,
+                                                                         self.cfg.chunk_frames, stream))
         lane = cmd.lane if cmd.lane is not None else meta["lane"]
         # Resumed from the prompt state in memory: nothing is encoded or prefilled again.
         again = dict(meta["meta"], cmd="retry", retry_of=tid, prompt_encode_s=0.0)
-        self._launch(rid, "retry", take, cmd.start, lane, samples, again, t, snap, meta["prompt_codes"])
+        self._launch(rid, "retry", slot, take, cmd.start, lane, samples, again, t, snap, meta["prompt_codes"])
 
-    def _launch(self, rid: int, kind: str, take: Take, start: Start | None, lane: int, samples: int | None,
-                meta: dict, t: float, snap: TakeSnapshot | None = None, prompt_codes: np.ndarray | None = None,
-                prompt_audio: tuple[np.ndarray, int] | None = None) -> None:
+    def _launch(self, rid: int, kind: str, slot: Loaded, take: Take, start: Start | None, lane: int,
+                samples: int | None, meta: dict, t: float, snap: TakeSnapshot | None = None,
+                prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None) -> None:
         """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
         snap = snap or take.snapshot()
-        self.snapshots[rid] = (snap, dict(samples=samples, lane=lane, meta=meta, prompt_codes=prompt_codes))
+        self.snapshots[rid] = (snap, dict(slot=slot, samples=samples, lane=lane, meta=meta,
+                                          prompt_codes=prompt_codes))
         while len(self.snapshots) > 8:
             del self.snapshots[min(self.snapshots)]
         start = start or self.defaults.start
-        lead = self._lead(samples)
+        lead = self._lead(samples, slot)
         earliest = self.mixer.earliest_start + round(lead * self.sr)
         at, late = self.grid.resolve(start, earliest)
         unpaced, _ = self.grid.resolve(start, self.mixer.earliest_start + round(self.first_latency * self.sr))
@@ -340,7 +365,7 @@ class Engine:
         voice = Voice(rid, lane, at, fade_in=fade if old is not None else 0)
         if old is not None:
             old.stop(at, fade)
-        m = self.model
+        m = slot.model
         meta = dict(meta, model=m.info.ref, seed=take.seed, sampling=asdict(take.stream.sampling), lane=lane,
                     start=at, start_request=start.describe(), sample_rate=self.sr,
                     tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
@@ -349,6 +374,7 @@ class Engine:
                           prompt_codes, prompt_audio)
         run = Run(rid, kind, take, voice, files, samples, self.sr, m, self.audio.out_channels,
                   round(self.cfg.end_fade * self.sr))
+        run.slot = slot
         self.runs.append(run)
         self._changed = True
         if self.cfg.pace != "asap":
@@ -357,11 +383,11 @@ class Engine:
                        held_back_s=round(held, 3), late=late, lead_s=round(lead, 3),
                        realtime=self.rate >= 1.0))
 
-    def _lead(self, samples: int | None) -> float:
+    def _lead(self, samples: int | None, slot: Loaded) -> float:
         """Seconds between now and the first sample so that the take never runs dry (pacing)."""
         busy = 1 + sum(r.generating for r in self.runs)
-        rate = self.rate / busy  # takes share the engine
-        lead = 1.25 * self.first_latency + 0.02
+        rate = slot.rate / busy  # takes share the engine
+        lead = 1.25 * slot.first_latency + 0.02
         if samples is not None and rate < 1.0:
             lead += samples / self.sr * (1.0 / rate - 1.0) * 1.1
         return lead
@@ -384,19 +410,23 @@ class Engine:
         if not due:
             return False
         t = time.monotonic()
-        try:
-            chunks = pump_takes([r.take for r in due])
-        except Exception as exc:  # one LM call for all: a failure ends every take in it
-            log.exception("takes %s", [r.id for r in due])
-            for run in due:
-                self._fail(run, MODEL_ERROR, f"generation failed: {exc}")
-            return True
-        for run, pcm in zip(due, chunks):
+        for slot in self.loaded:  # one LM call per model (after a switch, old takes finish on their own model)
+            group = [r for r in due if r.slot is slot]
+            if not group:
+                continue
             try:
-                self._deliver(run, pcm, t)
-            except Exception as exc:
-                log.exception("take %s", run.id)
-                self._fail(run, INTERNAL, f"writing the take failed: {exc}")
+                chunks = pump_takes([r.take for r in group])
+            except Exception as exc:  # one LM call for all: a failure ends every take in it
+                log.exception("takes %s", [r.id for r in group])
+                for run in group:
+                    self._fail(run, MODEL_ERROR, f"generation failed: {exc}")
+                continue
+            for run, pcm in zip(group, chunks):
+                try:
+                    self._deliver(run, pcm, t)
+                except Exception as exc:
+                    log.exception("take %s", run.id)
+                    self._fail(run, INTERNAL, f"writing the take failed: {exc}")
         return True
 
     def _fail(self, run: Run, code: str, message: str) -> None:
@@ -442,15 +472,16 @@ class Engine:
             if done:
                 self._finish(run, "stopped" if v.stop_at is not None and v.stop_at < v.queued_end else "done")
                 self.runs.remove(run)
-                if len(self.pool) < self.cfg.stream_pool:
-                    self.pool.append(run.take.stream)
+                if len(run.slot.pool) < self.cfg.stream_pool:
+                    run.slot.pool.append(run.take.stream)
+                self._let_go()
 
     def _finish(self, run: Run, state: str) -> None:
         v = run.voice
         cut = None
         if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded
             keep = max(0, v.stop_at + v.fade_out - v.start)
-            cut = (keep, min(v.fade_out, keep), self._frames_for(keep) or 0)
+            cut = (keep, min(v.fade_out, keep), self._frames_for(keep, run.take.model) or 0)
         run.files.close(cut, state=state, dropped=v.dropped, changes=run.changes,
                         first_audio_s=None if run.first_audio is None else round(run.first_audio - run.created, 4))
         self._changed = True
@@ -468,6 +499,11 @@ class Engine:
 
     def _set(self, rid: int, cmd: Set) -> None:
         values = dict(cmd.values)
+        ref = values.pop("model", None)
+        if ref is not None and not self._switch(rid, ref):
+            if values:
+                self._set(None, Set(values))
+            return  # the model loads meanwhile; its `done` (or error) comes when it is in
         d = self.defaults
         if "seconds" in values:
             d.bars, d.endless = None, False
@@ -484,15 +520,69 @@ class Engine:
                 if r.generating:
                     r.changes.append(dict(knobs, frame=max(0, r.take.stream.frames_ready - r.take.n_prompt)))
                 r.take.stream.set_sampling(replace(r.take.stream.sampling, **params))
-        self.emit(dict(event="done", id=rid, cmd="set", values={k: (v.describe() if isinstance(v, Start) else v)
-                                                                 for k, v in values.items()}))
+        if rid is not None:
+            shown = {k: (v.describe() if isinstance(v, Start) else v) for k, v in values.items()}
+            self.emit(dict(event="done", id=rid, cmd="set", values=shown | ({"model": ref} if ref else {})))
+
+    # -- models -----------------------------------------------------------------------------------------------------
+    def _switch(self, rid: int, ref: str) -> bool:
+        """`set model=ref`: True when new takes use it from now on (it is loaded already), False when it is being
+        loaded on the loader thread (the engine keeps playing meanwhile)."""
+        for slot in self.loaded:
+            if slot.ref == ref:
+                self.current = slot
+                self._changed = True
+                self._let_go()
+                self._publish_state()
+                return True
+        if self.loader is None:
+            raise CommandError(MODEL_ERROR, "this engine was started with a fixed model; `segue serve` can switch")
+        self.loader.request(rid, ref)
+        self.emit(dict(event="loading", id=rid, model=ref))
+        return False
+
+    def _loaded(self, rid: int, ref: str, loaded: Loaded | None, error: CommandError | None) -> None:
+        """The loader thread's result: handed to the engine thread like a command."""
+        self.inbox.put((rid, _Adopt(ref, loaded, error), time.monotonic(), None))
+        self._wake.set()
+
+    def _adopt(self, rid: int, cmd: _Adopt) -> None:
+        if cmd.error is not None:
+            raise cmd.error
+        self.loaded.append(cmd.loaded)
+        self.current = cmd.loaded
+        self._let_go()
+        self._changed = True
+        self._publish_state()  # a `status` sent on this event sees the new model
+        self.emit(dict(event="done", id=rid, cmd="set", values={"model": cmd.ref}, model=cmd.loaded.describe()))
+
+    def _let_go(self) -> None:
+        """Drop models that are neither current, nor playing a take, nor among the `keep_models` newest others."""
+        playing = {id(r.slot) for r in self.runs}
+        spare = [s for s in self.loaded if s is not self.current and id(s) not in playing]
+        drop = spare[: max(0, len(spare) - self.cfg.keep_models)]  # the oldest go first
+        if not drop:
+            return
+        gone = {id(s) for s in drop}
+        self.loaded = [s for s in self.loaded if id(s) not in gone]
+        for tid in [t for t, (_, m) in self.snapshots.items() if id(m["slot"]) in gone]:
+            del self.snapshots[tid]  # their KV caches belong to the model going away
+        for s in drop:
+            log.info("model %s unloaded", s.ref)
+            s.pool.clear()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _publish_state(self) -> None:
         m = self.model
         d = self.defaults
+        models = [s.describe() | dict(current=s is self.current, takes=sum(r.slot is s for r in self.runs))
+                  for s in self.loaded]
         self._status = dict(
             model=m.info.ref, kind=m.info.kind, device=str(m.device), dtype=str(m.lm.dtype).replace("torch.", ""),
-            model_rate=m.sample_rate, audio=self.audio.status(), pace=self.cfg.pace,
+            model_rate=m.sample_rate, channels=m.channels, models=models,
+            loading=None if self.loader is None else self.loader.status(), audio=self.audio.status(),
+            pace=self.cfg.pace,
             rate=round(self.rate, 3), realtime=self.rate >= 1.0, first_chunk_s=round(self.first_latency, 3),
             horizon_ms=round(1000 * self.horizon / self.sr, 1),
             tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar,

@@ -42,6 +42,7 @@ class ServeSettings:
     allow: tuple[str, ...] = ()
     pace: str = "realtime"
     chunk_frames: int = 5
+    keep_models: int = 0  # models kept loaded after `set model=` replaced them
 
 
 class SettingsError(SegueError):
@@ -74,6 +75,8 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
     for ep in (s.zmq, s.pub):
         if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
             log.warning("listening on %s: reachable from the network", ep)
+    if not 0 <= s.keep_models <= 16:
+        raise SettingsError(f"keep-models must be 0 to 16, got {s.keep_models}")
     if s.threads is not None and not 1 <= s.threads <= 1024:
         raise SettingsError(f"threads must be 1 to 1024, got {s.threads}")
     if s.sync not in ("none", "link", "jack"):
@@ -97,21 +100,26 @@ def osc_address(text: str) -> tuple[str, int]:
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
     import torch
 
+    from segue.daemon.model_slot import checked_load
     from segue.models.loading.builder import load_model, parse_device, resolve_dtype
+    from segue.models.loading.hub import fetch
 
     # The audio callback (and JACK, and the other clients) must find a core free when its deadline comes: on a CPU
     # box the model gets every core but one.
     torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) - 1))
     device = parse_device(s.device)
-    model = load_model(s.model, device, resolve_dtype(s.dtype, device))
+    dtype = resolve_dtype(s.dtype, device)
+    model = load_model(s.model, device, dtype)
     if model.lm is None:
         raise SettingsError(f"{s.model} has no language model; serve a MusicGen or AudioGen model")
     audio_device = "none" if s.pace == "asap" else s.audio_device
     audio = open_audio(AudioConfig(audio_device, s.sample_rate, s.block_size, s.input_channels, s.output_channels),
                        fallback_rate=48000)
-    cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace)
+    cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace,
+                       keep_models=s.keep_models)
     transports: list = []  # every transport hears every event
-    engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports])
+    engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports],
+                    load=lambda ref: checked_load(ref, device, dtype, fetch, load_model))
     try:  # from here on, whatever fails closes what was opened (the audio with the engine)
         engine.warm_up()
         zmq_server = ZmqServer(engine, s.zmq, s.pub)

@@ -29,6 +29,8 @@ PATH_NOT_ALLOWED = "path_not_allowed"
 BAD_AUDIO = "bad_audio"
 NO_SUCH_TAKE = "no_such_take"
 NO_INPUT = "no_input"
+BUSY = "busy"
+OUT_OF_MEMORY = "out_of_memory"
 MODEL_ERROR = "model_error"
 INTERNAL = "internal"
 
@@ -188,7 +190,8 @@ Command = Union[Generate, Continue, Stop, Retry, Set, Tempo, Status, Takes]
 
 # Keys `set` accepts, with their checkers (the same ones the commands use).
 SET_KEYS = ("prompt", "temperature", "top_k", "top_p", "cfg", "seconds", "bars", "endless", "prompt_seconds",
-            "prompt_bars", "start")
+            "prompt_bars", "start", "model")
+MAX_MODEL_REF = 512
 
 
 # -- field checks ---------------------------------------------------------------------------------------------------
@@ -242,6 +245,12 @@ def check_value(key: str, v: Any) -> Any:
         return _number(key, v, 0.0, MAX_BARS, lo_open=True)
     if key == "endless":
         return _bool(key, v)
+    if key == "model":  # a hub id (facebook/musicgen-small), a folder on the daemon's machine, or "demo"
+        ref = _text(key, v, MAX_MODEL_REF).strip()
+        if not ref or any(ord(c) < 32 for c in ref):
+            raise CommandError(BAD_TYPE, "'model' must be a hub id such as facebook/musicgen-small, a folder, or "
+                                         "'demo'")
+        return ref
     if key == "start":
         return _start(v)
     if key == "seed":

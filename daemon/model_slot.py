@@ -1,0 +1,179 @@
+"""The models the daemon holds, and how a new one is brought in while the music plays.
+
+A `Loaded` model is a `MusicGen` with what the engine keeps beside it: idle LM streams (KV caches) for the next
+takes and the speed measured at warm-up, which paces them. `ModelLoader` reads and warms up a model on its own
+thread, so that `set model=...` never stops the engine: the engine thread only adopts the finished model between
+two iterations, and takes already playing finish on the model that started them.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from segue.daemon.vocabulary import BUSY, MODEL_ERROR, OUT_OF_MEMORY, CommandError
+from segue.models.errors import SegueError
+from segue.models.generation import Take, prompt_codes
+from segue.models.lm.config import SamplingParams
+from segue.models.musicgen import MusicGen
+
+log = logging.getLogger("segue.models")
+
+
+@dataclass
+class Loaded:
+    """A model ready for takes: warm, with its streams allocated and its speed known."""
+
+    model: MusicGen
+    pool: list = field(default_factory=list)  # idle LM streams, reused by the next takes
+    rate: float = 1.0  # audio seconds one take generates per wall second (measured at warm-up)
+    first_latency: float = 0.5  # seconds from request to a take's first chunk (measured at warm-up)
+    load_s: float = 0.0
+
+    @property
+    def ref(self) -> str:
+        return self.model.info.ref
+
+    def weight_bytes(self) -> int:
+        m = self.model
+        modules = [m.codec, m.lm] + ([m.text.encoder] if m.text is not None else [])
+        return sum(t.nbytes for mod in modules for t in itertools.chain(mod.parameters(), mod.buffers()))
+
+    def describe(self) -> dict:
+        m = self.model
+        streams = sum(_stream_bytes(s) for s in self.pool)
+        return dict(model=m.info.ref, kind=m.info.kind, layout=m.info.layout, sample_rate=m.sample_rate,
+                    channels=m.channels, codebooks=m.lm.cfg.n_q, device=str(m.device),
+                    dtype=str(m.lm.dtype).replace("torch.", ""), weights_mb=round(self.weight_bytes() / 2**20, 1),
+                    idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3),
+                    load_s=round(self.load_s, 2))
+
+
+def _stream_bytes(stream) -> int:
+    return sum(t.nbytes for st in stream.states for t in (st.k, st.v, st.cross_k, st.cross_v))
+
+
+@torch.no_grad()
+def warm_up(model: MusicGen, chunk_frames: int, pool_size: int, seconds: float = 1.0) -> Loaded:
+    """Run a short take and a continuation once (kernels, allocator, text encoder), measure the rate, and keep
+    their streams for the pool."""
+    frames = max(2, round(seconds * model.frame_rate))
+    t = time.monotonic()
+    take = first_take = Take(model, "warm up", None, frames, SamplingParams(seed=0), chunk_frames)
+    first = None
+    for _ in take:
+        first = first or time.monotonic() - t
+    took = time.monotonic() - t
+    silence = torch.zeros(model.channels, model.hop_length * 4)
+    take = Take(model, None, prompt_codes(model, silence), frames, SamplingParams(seed=0), chunk_frames)
+    for _ in take:
+        pass
+    rate = frames / model.frame_rate / max(took, 1e-6)
+    return Loaded(model, [first_take.stream, take.stream][:pool_size], rate, first or took)
+
+
+def weights_on_disk(folder: Path) -> int:
+    """Bytes of the weight files a model folder holds: what loading it needs at least."""
+    names = ("*.safetensors", "pytorch_model*.bin", "state_dict.bin", "compression_state_dict.bin")
+    return sum(p.stat().st_size for pattern in names for p in folder.glob(pattern))
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on `device` (CUDA: free device memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: let the allocation itself tell
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "cannot allocate memory" in text)
+
+
+class ModelLoader:
+    """Loads one model at a time on its own thread and hands it over with `deliver(rid, ref, loaded, error)`.
+
+    Args:
+        load: model reference -> MusicGen on the daemon's device and dtype (reads the files; may raise).
+        prepare: MusicGen -> Loaded (the warm-up).
+        deliver: called on the loader thread when done, with the `Loaded` or the `CommandError` that says why not.
+    """
+
+    def __init__(self, load: Callable[[str], MusicGen], prepare: Callable[[MusicGen], Loaded],
+                 deliver: Callable[[int, str, Loaded | None, CommandError | None], None]):
+        self.load, self.prepare, self.deliver = load, prepare, deliver
+        self.loading: tuple[int, str, float] | None = None  # (request id, ref, monotonic start)
+        self._lock = threading.Lock()  # request() may come from the engine while the thread is finishing
+
+    def request(self, rid: int, ref: str) -> None:
+        with self._lock:
+            if self.loading is not None:
+                raise CommandError(BUSY, f"{self.loading[1]} is still loading; wait for its 'done' (or 'error') "
+                                         "before asking for another model")
+            self.loading = (rid, ref, time.monotonic())
+        threading.Thread(target=self._run, args=(rid, ref), name="segue-loader", daemon=True).start()
+
+    def status(self) -> dict | None:
+        busy = self.loading
+        return None if busy is None else dict(model=busy[1], id=busy[0], for_s=round(time.monotonic() - busy[2], 1))
+
+    def _run(self, rid: int, ref: str) -> None:
+        t0 = time.monotonic()
+        loaded = error = None
+        try:
+            model = self.load(ref)
+            if model.lm is None:
+                raise SegueError(f"{ref} has no language model (a codec only); load a MusicGen or AudioGen model")
+            loaded = self.prepare(model)
+            loaded.load_s = time.monotonic() - t0
+        except CommandError as exc:
+            error = exc
+        except BaseException as exc:  # noqa: BLE001 - whatever stops a load, the model playing stays
+            loaded = None
+            if out_of_memory(exc):
+                error = CommandError(OUT_OF_MEMORY, f"not enough memory to load {ref} ({exc}); the current model "
+                                                    "stays. Free memory (fewer takes, another dtype) or pick a "
+                                                    "smaller model")
+            elif isinstance(exc, SegueError):
+                error = CommandError(MODEL_ERROR, f"cannot load {ref}: {exc}")
+            else:
+                log.exception("loading %s", ref)
+                error = CommandError(MODEL_ERROR, f"cannot load {ref} ({type(exc).__name__}: {exc})")
+        finally:
+            if loaded is None:
+                gc.collect()  # what the failed load allocated goes now, not at some later collection
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        with self._lock:
+            self.loading = None
+        self.deliver(rid, ref, loaded, error)
+
+
+def checked_load(ref: str, device: torch.device, dtype: torch.dtype, fetch, load_model) -> MusicGen:
+    """`load_model(ref)` after checking that its weights can fit in what `device` has free (a Linux box out of
+    memory kills the process rather than raising, so the old model would go too)."""
+    if ref != "demo":
+        folder = fetch(ref)
+        need, free = weights_on_disk(folder), free_memory(device)
+        if need > free:
+            raise CommandError(OUT_OF_MEMORY, f"{ref} needs at least {need / 2**30:.2f} GiB for its weights but "
+                                              f"{device} has {free / 2**30:.2f} GiB free; the current model stays. "
+                                              "Free memory or pick a smaller model")
+    return load_model(ref, device, dtype, fetch=fetch)

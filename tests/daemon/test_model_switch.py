@@ -1,0 +1,190 @@
+"""`set model=...`: another model loads on its own thread while the current one keeps playing, new takes use it,
+old takes finish on theirs; status lists what is loaded; a load that fails (missing, too big for memory, broken)
+leaves the current model in place. Real files, real ZeroMQ sockets, the engine on the no-device clock."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import model_folders
+from segue.daemon.audio_io import NullAudio
+from segue.daemon.client import Client, DaemonError
+from segue.daemon.engine import Engine, EngineConfig
+from segue.daemon.model_slot import checked_load
+from segue.daemon.zmq_transport import ZmqServer
+from segue.models.loading.builder import load_model
+from segue.models.loading.hub import fetch
+from support import offline_take
+
+RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return dict(mono=model_folders.mono_musicgen(root / "mono"), audiogen=model_folders.audiogen(root / "audiogen"),
+                stereo=model_folders.stereo_musicgen(root / "stereo"))
+
+
+def _daemon(model, takes: Path, keep_models: int = 0):
+    transports = []
+    engine = Engine(model, NullAudio(RATE, 2, 256), EngineConfig(takes, keep_models=keep_models),
+                    emit=lambda ev: transports and transports[0].event(ev),
+                    load=lambda ref: checked_load(ref, torch.device("cpu"), torch.float32, fetch, load_model))
+    engine.warm_up(0.2)
+    server = ZmqServer(engine, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    engine.mixer.publish = server.audio
+    transports.append(server)
+    engine.start()
+    server.start()
+    client = Client(server.endpoint, server.pub_endpoint)
+    time.sleep(0.3)  # let the subscription reach the publisher
+    return engine, server, client
+
+
+@pytest.fixture
+def daemon(demo, tmp_path):
+    engine, server, client = _daemon(demo, tmp_path / "takes")
+    yield engine, client
+    client.close()
+    server.close()
+    engine.close()
+
+
+def _events_until_done(client, rid, timeout=60.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    for ev in client.events(timeout=timeout):
+        seen.append(ev)
+        if ev.get("id") == rid and ev["event"] in ("done", "error"):
+            return seen
+        if time.monotonic() > deadline:
+            break
+    raise AssertionError(f"request {rid} never ended: {seen[-5:]}")
+
+
+def test_switch_while_a_take_plays_then_the_old_model_goes(daemon, folders):
+    engine, client = daemon
+    playing = client.request("generate", endless=True, start="now", seed=1)["id"]
+    client.wait(playing, "started")
+    rid = client.request("set", model=str(folders["mono"]))["id"]
+    seen = _events_until_done(client, rid)
+    mine = [e for e in seen if e.get("id") == rid]
+    assert [e["event"] for e in mine] == ["loading", "done"], mine
+    done = mine[-1]
+    assert done["model"]["model"] == str(folders["mono"]) and done["model"]["sample_rate"] == 32000
+    assert done["model"]["weights_mb"] > 0
+    st = client.request("status")["status"]
+    assert st["model"] == str(folders["mono"]) and st["model_rate"] == 32000 and st["loading"] is None
+    assert [(m["model"], m["current"], m["takes"]) for m in st["models"]] == [("demo", False, 1),
+                                                                               (str(folders["mono"]), True, 0)]
+
+    # New takes use the new model; what they stream is exact on it (32 kHz, resampled to the device's 48 kHz).
+    new = client.wait(client.request("generate", prompt="x", seconds=0.5, start="now", seed=2, lane=1)["id"])
+    pcm, sr = sf.read(new["path"], dtype="float32", always_2d=True)
+    assert sr == RATE and len(pcm) == RATE // 2
+    offline = offline_take(load_model(str(folders["mono"])), new["path"], RATE)
+    fade = round(0.005 * RATE)
+    np.testing.assert_allclose(pcm[: len(pcm) - fade, 0], offline[: len(pcm) - fade], atol=1e-4)
+    assert json.loads(Path(new["path"].replace(".wav", ".json")).read_text())["model"] == str(folders["mono"])
+
+    # The take that was playing went on, on its own model, while the other loaded and after; it is let go once
+    # its last take has ended (keep_models 0).
+    client.request("stop", take=playing)
+    stopped = client.wait(playing)
+    assert stopped["dropped"] == 0 and stopped["samples"] > 0
+    time.sleep(0.1)
+    st = client.request("status")["status"]
+    assert [m["model"] for m in st["models"]] == [str(folders["mono"])]
+
+
+def test_audiogen_and_stereo_models_stream_exactly_at_the_device_rate(daemon, folders):
+    _, client = daemon
+    for name, rate, channels in (("audiogen", 16000, 1), ("stereo", 32000, 2)):
+        ev = client.wait(client.request("set", model=str(folders[name]))["id"])
+        assert ev["model"]["sample_rate"] == rate and ev["model"]["channels"] == channels
+        done = client.wait(client.request("generate", prompt="dog barking", seconds=0.5, start="now", seed=4)["id"])
+        pcm, sr = sf.read(done["path"], dtype="float32", always_2d=True)
+        assert sr == RATE and pcm.shape == (RATE // 2, 2)
+        model = load_model(str(folders[name]))
+        fade = round(0.005 * RATE)
+        np.testing.assert_allclose(pcm[:-fade, 0], offline_take(model, done["path"], RATE)[: len(pcm) - fade],
+                                   atol=1e-4)
+        if channels == 2:  # the right channel is the right codec pass, not a copy of the left
+            codes = torch.from_numpy(np.load(done["path"].replace(".wav", ".codes.npy")).astype(np.int64))[None]
+            right = model.decode(codes)[0, 1].numpy()
+            assert not np.allclose(pcm[:-fade, 0], pcm[:-fade, 1]) and np.abs(right).max() > 0
+        # continuing a take of this model: prompt encoded at its rate, its channels
+        cont = client.wait(client.request("continue", source="take", take=done["id"], seconds=0.3, start="now",
+                                          seed=5)["id"])
+        meta = json.loads(Path(cont["path"].replace(".wav", ".json")).read_text())
+        assert meta["prompt_frames"] == 25 and sf.info(cont["path"]).frames == round(0.3 * RATE)
+
+
+def test_kept_models_switch_back_at_once_and_retry_on_the_model_that_made_the_take(demo, folders, tmp_path):
+    engine, server, client = _daemon(demo, tmp_path / "takes", keep_models=1)
+    try:
+        first = client.wait(client.request("generate", seconds=0.3, start="now", seed=1)["id"])
+        client.wait(client.request("set", model=str(folders["mono"]))["id"])
+        again = client.wait(client.request("retry", take=first["id"], start="now", seed=9)["id"])
+        meta = json.loads(Path(again["path"].replace(".wav", ".json")).read_text())
+        assert meta["model"] == "demo" and meta["retry_of"] == first["id"]
+        rid = client.request("set", model="demo")["id"]
+        seen = _events_until_done(client, rid, timeout=5)
+        assert [e["event"] for e in seen if e.get("id") == rid] == ["done"]  # no loading: it was kept
+        st = client.request("status")["status"]
+        assert [(m["model"], m["current"]) for m in st["models"]] == [("demo", True), (str(folders["mono"]), False)]
+    finally:
+        client.close()
+        server.close()
+        engine.close()
+
+
+def test_loads_that_fail_leave_the_current_model(daemon, tmp_path, folders):
+    engine, client = daemon
+    rid = client.request("set", model=str(tmp_path / "no-such-model"))["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "model_error" and "no folder" in e.value.reply["message"]
+
+    # Weights larger than the memory free: refused before anything is read (a sparse file, no disk used).
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "config.json").write_text(Path(folders["mono"], "config.json").read_text())
+    with open(huge / "model.safetensors", "wb") as f:
+        f.truncate(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") + 2**30)
+    rid = client.request("set", model=str(huge))["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "out_of_memory" and "the current model stays" in e.value.reply["message"]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "state_dict.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(DaemonError) as e:
+        client.wait(client.request("set", model=str(broken))["id"])
+    assert e.value.code == "model_error" and "not a readable PyTorch checkpoint" in e.value.reply["message"]
+
+    for bad, code in (("", "bad_type"), (3, "bad_type"), ("x" * 600, "too_large"), ("a\nb", "bad_type")):
+        with pytest.raises(DaemonError) as e:
+            client.request("set", model=bad)
+        assert e.value.code == code, bad
+
+    # One load at a time: a second request while one is loading is refused, the first goes on.
+    first = client.request("set", model=str(folders["mono"]))["id"]
+    second = client.request("set", model=str(folders["stereo"]))["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(second)
+    assert e.value.code == "busy"
+    assert client.wait(first)["model"]["model"] == str(folders["mono"])
+
+    st = client.request("status")["status"]
+    assert st["model"] == str(folders["mono"]) and len(st["models"]) == 1
+    done = client.wait(client.request("generate", seconds=0.2, start="now")["id"])
+    assert done["state"] == "done"
