@@ -17,6 +17,7 @@ from segue.models.codec.encodec import DecoderStream
 from segue.models.errors import RequestError
 from segue.models.lm.config import MAX_TEXT_TOKENS, SamplingParams
 from segue.models.lm.stream import LMStream, max_prompt_frames, step_streams
+from segue.models.melody import Melody
 from segue.models.musicgen import MusicGen
 
 MAX_SECONDS = 3600.0  # one take; beyond this a request is almost certainly a typo (ms for s)
@@ -68,11 +69,17 @@ class Take:
         frames: new frames to generate, or None for an endless take.
         sampling: sampling settings (seeded when `sampling.seed` is set).
         chunk_frames: frames decoded per yielded chunk.
+        stream: a finished take's stream of this model to reuse (its caches are overwritten, not reallocated).
+        melody: the melody to follow (MusicGen-Melody models only; None = the null melody). A retry from a snapshot
+            keeps it without computing it again.
     """
 
     def __init__(self, model: MusicGen, text: str | None, prompt: torch.Tensor | None, frames: int | None,
                  sampling: SamplingParams = SamplingParams(), chunk_frames: int = 25, _resume: "TakeSnapshot" = None,
-                 stream: LMStream | None = None):
+                 stream: LMStream | None = None, melody: Melody | None = None):
+        if melody is not None and not model.takes_melody:
+            raise RequestError(f"{model.info.ref} takes no melody; load facebook/musicgen-melody (or another "
+                               "MusicGen-Melody model) to follow one")
         self.model, self.frames, self.chunk_frames = model, frames, chunk_frames
         if stream is None:
             self.stream = model.stream(1, sampling)
@@ -94,7 +101,8 @@ class Take:
             if tokens > MAX_TEXT_TOKENS:
                 raise RequestError(f"the text prompt is {tokens} tokens; the limit is {MAX_TEXT_TOKENS}, shorten it")
         try:
-            self.stream.start([text], prompt, total_frames=None if frames is None else self.n_prompt + frames)
+            self.stream.start([text], prompt, total_frames=None if frames is None else self.n_prompt + frames,
+                              chroma=None if melody is None else melody.chroma)
         except ValueError as exc:
             raise RequestError(str(exc)) from exc
         self.skip = self.n_prompt * model.hop_length  # samples of prompt audio the decoders will emit first

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from segue.models.codec.encodec import Encodec
+from segue.models.errors import RequestError
+from segue.models.lm.chroma import ChromaConfig
 from segue.models.lm.conditioning import Conditioner, TextEncoder
 from segue.models.lm.config import ReplanConfig, SamplingParams
 from segue.models.lm.model import MusicGenLM
 from segue.models.lm.stream import LMStream
+from segue.models.melody import Melody, melody_from_audio
 
 
 @dataclass(frozen=True)
@@ -20,21 +23,31 @@ class ModelInfo:
     ref: str
     folder: str | None
     layout: str  # "transformers", "audiocraft" or "demo"
-    kind: str  # "musicgen", "audiogen" or "encodec"
+    kind: str  # "musicgen", "musicgen-melody", "audiogen" or "encodec"
 
 
 class MusicGen:
     """EnCodec + MusicGen/AudioGen LM + T5 conditioning, on one device.
 
     `stream()` creates the per-take state; the model object itself is never mutated by generation, so reloading
-    weights and running streams never interfere.
+    weights and running streams never interfere. A melody LM also takes a chroma (`melody_from_audio`), computed
+    as `chroma` says (default: at the codec's rate and the LM's chroma frame rate, a window of four hops).
     """
 
-    def __init__(self, codec: Encodec, lm: MusicGenLM | None, text: TextEncoder | None, info: ModelInfo):
+    def __init__(self, codec: Encodec, lm: MusicGenLM | None, text: TextEncoder | None, info: ModelInfo,
+                 chroma: ChromaConfig | None = None):
         if lm is not None and lm.cfg.n_q != codec.cfg.n_q * (lm.cfg.channels // codec.cfg.channels):
             raise ValueError(f"LM models {lm.cfg.n_q} codebooks but the codec has {codec.cfg.n_q}")
         self.codec, self.lm, self.text, self.info = codec, lm, text, info
         self.conditioner = Conditioner(lm, text) if lm is not None else None
+        self.chroma: ChromaConfig | None = None
+        if lm is not None and lm.cfg.takes_melody:
+            # Both references hop a quarter window: 16384 / 4096 at 32 kHz (7.8125 frames/s).
+            hop = round(codec.cfg.sample_rate / lm.cfg.chroma_rate)
+            self.chroma = chroma or ChromaConfig(codec.cfg.sample_rate, 4 * hop, hop, lm.cfg.n_chroma)
+            if self.chroma.n_chroma != lm.cfg.n_chroma or abs(self.chroma.frame_rate - lm.cfg.chroma_rate) > 1e-9:
+                raise ValueError(f"chroma {self.chroma} does not match the LM's {lm.cfg.n_chroma} classes at "
+                                 f"{lm.cfg.chroma_rate} frames/s")
 
     @property
     def device(self) -> torch.device:
@@ -61,6 +74,22 @@ class MusicGen:
     def max_duration(self) -> float:
         """Seconds the LM was trained on; longer streams re-prompt themselves."""
         return self.lm.cfg.max_duration if self.lm is not None else float("inf")
+
+    @property
+    def takes_melody(self) -> bool:
+        """A MusicGen-Melody model: takes accept a `Melody` (chroma) besides text and an audio prompt."""
+        return self.lm is not None and self.lm.cfg.takes_melody
+
+    def melody_from_audio(self, audio: torch.Tensor) -> Melody:
+        """audio [C, N] float at `sample_rate` (any channel count, mixed to mono) -> the melody a take can follow.
+
+        Stems are separated with htdemucs (vocals + other kept) when the demucs package is installed, as
+        audiocraft does; otherwise the full mix is used (`Melody.separation` says which).
+        """
+        if self.chroma is None:
+            raise RequestError(f"{self.info.ref} takes no melody; load a MusicGen-Melody model such as "
+                               "facebook/musicgen-melody")
+        return melody_from_audio(audio, self.chroma)
 
     def require_lm(self) -> MusicGenLM:
         if self.lm is None:

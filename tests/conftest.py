@@ -60,3 +60,18 @@ def demo():
     from segue.models.loading.builder import load_model
 
     return load_model("demo")
+
+
+@pytest.fixture(scope="session")
+def tiny_melody(tmp_path_factory):
+    """(transformers model, tokenizer, folder) for a tiny mono MusicGen-Melody (chroma_length 235)."""
+    model, tok = support.hf_musicgen_melody(seed=0)
+    folder = support.save_musicgen(model, tok, tmp_path_factory.mktemp("tiny-musicgen-melody"))
+    return model, tok, folder
+
+
+@pytest.fixture(scope="session")
+def tiny_melody_segue(tiny_melody):
+    from segue.models.loading.builder import load_model
+
+    return load_model(str(tiny_melody[2]))

@@ -118,13 +118,14 @@ def batched_equals_alone(make) -> list:
 
 
 def generate_frames(model, texts, frames: int, prompt: torch.Tensor | None = None, sampling=None,
-                    cuda_graphs: bool | None = None) -> torch.Tensor:
-    """segue's codes for `frames` new frames after an optional prompt (greedy with CFG 3 unless told otherwise)."""
+                    cuda_graphs: bool | None = None, chroma: torch.Tensor | None = None) -> torch.Tensor:
+    """segue's codes for `frames` new frames after an optional prompt (greedy with CFG 3 unless told otherwise);
+    `chroma` [B, T, 12]: the melody, for MusicGen-Melody models."""
     from segue.models.lm.config import SamplingParams
 
     sampling = sampling or SamplingParams(top_k=1, cfg_coef=3.0)
     stream = model.stream(len(texts), sampling, cuda_graphs=cuda_graphs)
-    stream.start(texts, prompt, total_frames=(0 if prompt is None else prompt.shape[-1]) + frames)
+    stream.start(texts, prompt, total_frames=(0 if prompt is None else prompt.shape[-1]) + frames, chroma=chroma)
     return finish(stream)
 
 
@@ -152,6 +153,117 @@ def hf_greedy_codes(model, tok, text: str, new_steps: int, audio: torch.Tensor |
     if len(captured) == 1:
         return captured[0]
     return torch.stack(captured, 2).flatten(1, 2)  # [B, K/2, 2, T] -> interleaved [B, K, T]
+
+
+# -- MusicGen-Melody --------------------------------------------------------------------------------------------------
+
+def hf_musicgen_melody(stereo: bool = False, seed: int = 0, layers: int = 2, chroma_length: int = 235):
+    """A tiny MusicgenMelodyForConditionalGeneration with a character T5 tokenizer.
+
+    Weights at realistic scales (fan-in, sharper queries/keys, a strong chroma projection): with transformers'
+    0.02 init the last position attends almost uniformly over the 235-frame prefix and no melody changes a
+    greedy token, which would make every melody test vacuous."""
+    from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
+                              MusicgenMelodyForConditionalGeneration, T5Config)
+
+    torch.manual_seed(seed)
+    tok = char_tokenizer()
+    dec = MusicgenMelodyDecoderConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=layers,
+                                      num_attention_heads=4, ffn_dim=64, num_codebooks=8 if stereo else 4,
+                                      audio_channels=2 if stereo else 1)
+    t5 = T5Config(vocab_size=len(tok), d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    cfg = MusicgenMelodyConfig(text_encoder=t5.to_dict(), audio_encoder=hf_encodec_config("32k").to_dict(),
+                               decoder=dec.to_dict(), chroma_length=chroma_length)
+    model = MusicgenMelodyForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        init_codebooks(model.audio_encoder, seed)
+        for name, p in model.decoder.named_parameters():
+            if "embed_tokens" in name or "lm_heads" in name:
+                p.normal_(0, 0.5)
+            elif name.endswith("proj.weight") or ".fc" in name:
+                sharp = 3.0 if ("q_proj" in name or "k_proj" in name) else 1.0
+                p.normal_(0, sharp * p.shape[-1] ** -0.5)
+        model.audio_enc_to_dec_proj.weight.normal_(0, 1.0)
+        model.enc_to_dec_proj.weight.normal_(0, 24**-0.5)
+    gc = model.generation_config
+    gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = SPECIAL
+    return model, tok
+
+
+def one_hot_chroma(classes) -> torch.Tensor:
+    """Pitch-class indices [T] -> one-hot chroma [1, T, 12]."""
+    idx = torch.as_tensor(classes, dtype=torch.long)
+    return torch.nn.functional.one_hot(idx, 12).float()[None]
+
+
+def hf_melody_conditioning(model, tok, texts, chroma: torch.Tensor | None, guidance: float = 3.0) -> torch.Tensor:
+    """The prefix transformers' generate() builds ([chroma | text] for B conditional then B null rows when
+    guidance > 1), through its own `_prepare_encoder_hidden_states_kwargs_for_generation`: [2B, P, dim]."""
+    from transformers import GenerationConfig
+
+    inputs = tok(texts, return_tensors="pt", padding=True)
+    kwargs = {"attention_mask": inputs.attention_mask}
+    if chroma is not None:
+        kwargs["input_features"] = chroma
+    with torch.no_grad():
+        out = model._prepare_encoder_hidden_states_kwargs_for_generation(
+            inputs.input_ids, kwargs, "input_ids", GenerationConfig(guidance_scale=guidance))
+    return out["encoder_hidden_states"]
+
+
+def hf_melody_greedy_codes(model, tok, texts, new_steps: int, chroma: torch.Tensor | None = None,
+                           prompt: torch.Tensor | None = None, guidance: float = 3.0) -> torch.Tensor:
+    """Codes [B, K, T] (prompt frames included) of transformers' greedy CFG generation for MusicGen-Melody, run
+    WITHOUT the KV cache: the whole sequence (prefix + every column so far) through the decoder at each step.
+
+    This is generate()'s algorithm with its own pieces (conditioning, build/apply_delay_pattern_mask,
+    ClassifierFreeGuidanceLogitsProcessor, argmax), but immune to the cache path, where transformers 4.48 to 4.57+
+    may ignore the melody (huggingface/transformers#45647)."""
+    from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
+
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    B, K = len(texts), model.decoder.num_codebooks
+    states = hf_melody_conditioning(model, tok, texts, chroma, guidance)
+    ids = torch.full((B * K, 1), SPECIAL, dtype=torch.long)
+    if prompt is not None:
+        ids = torch.cat([ids, prompt.reshape(B * K, -1)], -1)
+    max_length = ids.shape[-1] + new_steps
+    ids, pattern = model.decoder.build_delay_pattern_mask(ids, SPECIAL, max_length=max_length)
+    cfg = ClassifierFreeGuidanceLogitsProcessor(guidance)
+    with torch.no_grad():
+        while ids.shape[-1] < max_length:
+            ids = model.decoder.apply_delay_pattern_mask(ids, pattern)
+            logits = model.decoder(input_ids=ids.repeat(2, 1), encoder_hidden_states=states,
+                                   use_cache=False).logits[:, -1]  # [2 * B * K, V]
+            ids = torch.cat([ids, cfg(ids, logits).argmax(-1, keepdim=True)], -1)
+    ids = model.decoder.apply_delay_pattern_mask(ids, pattern)
+    return ids[ids != SPECIAL].reshape(B, K, -1)
+
+
+def hf_melody_generate_codes(model, tok, texts, new_steps: int, chroma: torch.Tensor | None = None,
+                             guidance: float = 3.0, use_cache: bool = True) -> torch.Tensor:
+    """Codes [B, K, T] that transformers' own generate() hands to its codec for MusicGen-Melody."""
+    captured = []
+    decode = model.audio_encoder.decode
+
+    def capture(codes, *args, **kwargs):
+        captured.append(codes[0].clone())
+        return decode(codes, *args, **kwargs)
+
+    model.audio_encoder.decode = capture
+    try:
+        inputs = tok([texts] if isinstance(texts, str) else list(texts), return_tensors="pt", padding=True)
+        kwargs = dict(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, do_sample=False,
+                      guidance_scale=guidance, max_new_tokens=new_steps, use_cache=use_cache)
+        if chroma is not None:
+            kwargs["input_features"] = chroma
+        with torch.no_grad():
+            model.generate(**kwargs)
+    finally:
+        model.audio_encoder.decode = decode
+    if len(captured) == 1:
+        return captured[0]
+    return torch.stack(captured, 2).flatten(1, 2)  # stereo: interleave left / right codebooks again
 
 
 # -- audiocraft export layout -----------------------------------------------------------------------------------------
@@ -225,10 +337,12 @@ classifier_free_guidance:
 fuser:
   cross_attention_pos_emb: false
   sum: []
-  prepend: []
-  cross: [description]
+  prepend: {prepend}
+  cross: {cross}
   input_interpolate: []
-conditioners:
+interleave_stereo_codebooks:
+  use: {stereo}
+conditioners:{self_wav}
   description:
     model: t5
     t5:
@@ -261,8 +375,23 @@ def audiocraft_codec_state(hf_codec_state: dict, decoder_convtr: set[int]) -> di
     return out
 
 
+_SELF_WAV = """
+  self_wav:
+    model: chroma_stem
+    chroma_stem:
+      sample_rate: ${sample_rate}
+      n_chroma: 12
+      radix2_exp: 14
+      argmax: true
+      match_len_on_eval: false
+      eval_wavs: null
+      n_eval_wavs: 100
+      cache_path: null"""
+
+
 def audiocraft_lm_state(hf_state: dict, layers: int, n_q: int) -> dict:
-    """MusicgenForConditionalGeneration keys -> audiocraft LMModel keys (packed in_proj_weight)."""
+    """MusicgenForConditionalGeneration (or ...Melody...) keys -> audiocraft LMModel keys (packed in_proj_weight;
+    a melody LM has no cross-attention and a `self_wav` chroma projection)."""
     p = "decoder.model.decoder."
     out = {}
     for k in range(n_q):
@@ -273,18 +402,24 @@ def audiocraft_lm_state(hf_state: dict, layers: int, n_q: int) -> dict:
         t = f"transformer.layers.{i}."
         out[t + "self_attn.in_proj_weight"] = torch.cat([hf_state[f"{q}self_attn.{x}_proj.weight"] for x in "qkv"])
         out[t + "self_attn.out_proj.weight"] = hf_state[q + "self_attn.out_proj.weight"]
-        out[t + "cross_attention.in_proj_weight"] = torch.cat(
-            [hf_state[f"{q}encoder_attn.{x}_proj.weight"] for x in "qkv"])
-        out[t + "cross_attention.out_proj.weight"] = hf_state[q + "encoder_attn.out_proj.weight"]
+        norms = (("self_attn_layer_norm", "norm1"), ("final_layer_norm", "norm2"))
+        if q + "encoder_attn.q_proj.weight" in hf_state:
+            out[t + "cross_attention.in_proj_weight"] = torch.cat(
+                [hf_state[f"{q}encoder_attn.{x}_proj.weight"] for x in "qkv"])
+            out[t + "cross_attention.out_proj.weight"] = hf_state[q + "encoder_attn.out_proj.weight"]
+            norms += (("encoder_attn_layer_norm", "norm_cross"),)
         out[t + "linear1.weight"] = hf_state[q + "fc1.weight"]
         out[t + "linear2.weight"] = hf_state[q + "fc2.weight"]
-        for hf, ac in (("self_attn_layer_norm", "norm1"), ("encoder_attn_layer_norm", "norm_cross"),
-                       ("final_layer_norm", "norm2")):
+        for hf, ac in norms:
             for s in ("weight", "bias"):
                 out[f"{t}{ac}.{s}"] = hf_state[f"{q}{hf}.{s}"]
     for s in ("weight", "bias"):
         out[f"out_norm.{s}"] = hf_state[f"{p}layer_norm.{s}"]
         out[f"condition_provider.conditioners.description.output_proj.{s}"] = hf_state[f"enc_to_dec_proj.{s}"]
+        if f"audio_enc_to_dec_proj.{s}" in hf_state:
+            out[f"condition_provider.conditioners.self_wav.output_proj.{s}"] = hf_state[f"audio_enc_to_dec_proj.{s}"]
+    if "audio_enc_to_dec_proj.weight" in hf_state:  # the published files carry the chroma's STFT window too
+        out["condition_provider.conditioners.self_wav.chroma.spec.window"] = torch.hann_window(16384)
     return out
 
 
@@ -297,12 +432,16 @@ def export_audiocraft(model, tok, folder: Path, t5_name: str, pointer: str | Non
     sd = model.state_dict()
     dec = cfg.decoder
     enc = cfg.audio_encoder
+    melody = cfg.model_type == "musicgen_melody"  # fuser prepend [self_wav, description], no cross-attention
+    channels = dec.audio_channels
     xp = _XP_TEMPLATE.format(
         solver=solver, sample_rate=enc.sampling_rate, duration=duration, dimension=enc.hidden_size,
         n_filters=enc.num_filters, ratios=list(enc.upsampling_ratios), pad_mode=enc.pad_mode, n_q=dec.num_codebooks,
-        bins=enc.codebook_size, delays=list(range(dec.num_codebooks)), dim=dec.hidden_size,
+        bins=enc.codebook_size, delays=[k // channels for k in range(dec.num_codebooks)], dim=dec.hidden_size,
         heads=dec.num_attention_heads, layers=dec.num_hidden_layers, hidden_scale=dec.ffn_dim // dec.hidden_size,
-        t5_name=t5_name)
+        t5_name=t5_name, prepend="[self_wav, description]" if melody else "[]",
+        cross="[]" if melody else "[description]", stereo="true" if channels == 2 else "false",
+        self_wav=_SELF_WAV if melody else "")
     lm_state = audiocraft_lm_state(sd, dec.num_hidden_layers, dec.num_codebooks)
     if half:  # the released LM checkpoints are float16
         lm_state = {k: v.half() for k, v in lm_state.items()}
@@ -351,9 +490,9 @@ def write_wav(path: Path, audio: np.ndarray, sr: int, subtype: str = "FLOAT") ->
     return path
 
 
-def offline_take(model, wav_path: str, rate: int) -> np.ndarray:
+def offline_take(model, wav_path: str, rate: int, channel: int = 0) -> np.ndarray:
     """A daemon take rebuilt offline from its files: decode the whole codes file (prompt frames, then new ones) in
-    one pass, drop the prompt's samples, resample to the device rate in one call -> [N] (first channel)."""
+    one pass, drop the prompt's samples, resample to the device rate in one call -> [N] (of `channel`)."""
     import json
 
     import soxr
@@ -361,7 +500,7 @@ def offline_take(model, wav_path: str, rate: int) -> np.ndarray:
     stem = wav_path[: -len(".wav")]
     meta = json.loads(Path(stem + ".json").read_text())
     codes = torch.from_numpy(np.load(stem + ".codes.npy").astype(np.int64))[None]  # [1, K, P + T]
-    pcm = model.decode(codes)[0, 0].numpy()  # [N] at the model rate
+    pcm = model.decode(codes)[0, channel].numpy()  # [N] at the model rate
     pcm = pcm[meta["prompt_frames"] * model.hop_length :]
     return soxr.resample(pcm, model.sample_rate, rate, quality="HQ")
 

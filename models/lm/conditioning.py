@@ -1,7 +1,8 @@
 """Text conditioning: T5 (through transformers) -> projection -> cross-attention keys/values, cached per prompt.
 
 An empty or missing prompt is audiocraft's null condition: no token, zero memory. CFG pairs every conditional
-row with such a null row.
+row with such a null row. A melody LM has no cross-attention: its condition keeps the projected text itself
+(`memory`), which becomes part of the prefix fed before the audio (prefix.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from segue.models.lm.model import MusicGenLM
 
 @dataclass(frozen=True)
 class Condition:
-    """What one row of a stream attends to. cross_k/v: [L, 1, H, S, D]; mask: [1, S] bool."""
+    """What one row of a stream attends to. mask: [1, S] bool. cross_k/v: [L, 1, H, S, D] for cross-attention LMs;
+    memory: [1, S, dim], the projected text with padding zeroed, for melody LMs (the other fields are None)."""
 
     text: str | None
-    cross_k: torch.Tensor
-    cross_v: torch.Tensor
+    cross_k: torch.Tensor | None
+    cross_v: torch.Tensor | None
     mask: torch.Tensor
+    memory: torch.Tensor | None = None
 
     @property
     def length(self) -> int:
@@ -65,9 +68,13 @@ class Conditioner:
 
     def null(self) -> Condition:
         cfg = self.lm.cfg
+        mask = torch.zeros(1, 1, dtype=torch.bool, device=self.lm.device)
+        if not cfg.cross_attention:  # one zero vector, as audiocraft's null text
+            return Condition(None, None, None, mask, torch.zeros(1, 1, cfg.dim, device=self.lm.device,
+                                                                 dtype=self.lm.dtype))
         shape = (cfg.num_layers, 1, cfg.num_heads, 1, cfg.head_dim)
         zeros = torch.zeros(shape, device=self.lm.device, dtype=self.lm.dtype)
-        return Condition(None, zeros, zeros, torch.zeros(1, 1, dtype=torch.bool, device=self.lm.device))
+        return Condition(None, zeros, zeros, mask)
 
     @torch.no_grad()
     def __call__(self, text: str | None) -> Condition:
@@ -80,9 +87,12 @@ class Conditioner:
         if self.text is None:
             raise ValueError("this model has no text encoder; generate without a text prompt")
         states, mask = self.text.encode(text)
-        memory = self.lm.project_text(states.to(self.lm.device), mask.to(self.lm.device))
-        k, v = self.lm.cross_kv(memory)
-        cond = Condition(text, k, v, mask.to(self.lm.device))
+        memory = self.lm.project_text(states.to(self.lm.device), mask.to(self.lm.device))  # [1, S, dim]
+        if self.lm.cfg.cross_attention:
+            k, v = self.lm.cross_kv(memory)
+            cond = Condition(text, k, v, mask.to(self.lm.device))
+        else:
+            cond = Condition(text, None, None, mask.to(self.lm.device), memory)
         self._cache[text] = cond
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

@@ -18,6 +18,11 @@ class LMConfig:
         n_q: codebook streams (4 mono, 8 stereo); card: entries per codebook; id `card` is the special token.
         delays: delay of each stream in steps ([0, 1, 2, 3]; stereo [0, 0, 1, 1, 2, 2, 3, 3]).
         text_dim: width of the text encoder's states (768 for t5-base); projected to `dim` when `cond_proj`.
+        cross_attention: the text is read through cross-attention (MusicGen, AudioGen). False for MusicGen-Melody,
+            whose text states and chroma are instead prepended to the sequence (no cross-attention weights at all).
+        chroma_length / n_chroma / chroma_rate: melody conditioning: `chroma_length` one-hot chroma frames of
+            `n_chroma` bins (235 x 12 for a 30 s segment) at `chroma_rate` frames per second (32 kHz / hop 4096);
+            chroma_length 0 = no melody conditioning.
         max_duration: seconds the model was trained on (30 MusicGen, 10 AudioGen); sets the context.
         frame_rate: codec frames per second (50).
         norm_eps, max_period: LayerNorm epsilon and sinusoid period.
@@ -37,6 +42,10 @@ class LMConfig:
     norm_eps: float = 1e-5
     max_period: float = 10000.0
     channels: int = 1
+    cross_attention: bool = True
+    chroma_length: int = 0
+    n_chroma: int = 12
+    chroma_rate: float = 32000 / 4096
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -45,6 +54,11 @@ class LMConfig:
             raise ValueError(f"{self.n_q} codebooks need {self.n_q} delays, got {self.delays}")
         if self.n_q % self.channels:
             raise ValueError(f"{self.n_q} codebooks cannot be split over {self.channels} channels")
+        # The published variants: text by cross-attention and no chroma, or chroma + text prepended (melody).
+        if self.cross_attention == (self.chroma_length > 0):
+            raise ValueError("an LM reads text by cross-attention or is a melody LM with a prepended chroma "
+                             f"(chroma_length > 0), not both or neither (cross_attention={self.cross_attention}, "
+                             f"chroma_length={self.chroma_length})")
 
     @property
     def head_dim(self) -> int:
@@ -65,8 +79,22 @@ class LMConfig:
 
     @property
     def context(self) -> int:
-        """Positions a KV cache holds: the leading special step, the trained frames and the delay tail."""
+        """Audio positions a KV cache holds: the leading special step, the trained frames and the delay tail."""
         return 1 + self.max_frames + self.max_delay
+
+    @property
+    def takes_melody(self) -> bool:
+        return self.chroma_length > 0
+
+    @property
+    def max_prefix(self) -> int:
+        """Positions in front of the audio at most: the chroma and the longest text (melody LMs), else none."""
+        return self.chroma_length + MAX_TEXT_TOKENS if self.takes_melody else 0
+
+    @property
+    def max_positions(self) -> int:
+        """Rows of the position table: the prefix, then the audio context."""
+        return self.max_prefix + self.context
 
 
 @dataclass(frozen=True)

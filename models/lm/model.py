@@ -5,6 +5,10 @@ Input: the sum of K codebook embeddings (2049 rows each, row 2048 = special toke
 Output: K heads of `card` logits. Cross-attention keys/values depend only on the conditioning, so they are computed
 once per prompt (`cross_kv`) and kept in the state; self-attention keys/values go into the state's preallocated
 KV cache at their absolute position.
+
+MusicGen-Melody has no cross-attention: its conditioning (projected chroma, then projected text) is a prefix of
+input vectors fed through `forward_embeds` before the audio tokens (see prefix.py), so it lives in the KV cache's
+first positions and the audio starts after it.
 """
 
 from __future__ import annotations
@@ -46,10 +50,11 @@ class Layer(nn.Module):
         self.norm1 = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.wqkv = nn.Linear(d, 3 * d, bias=False)  # packed q, k, v (audiocraft's in_proj_weight)
         self.wo = nn.Linear(d, d, bias=False)
-        self.norm_cross = nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.cq = nn.Linear(d, d, bias=False)
-        self.ckv = nn.Linear(d, 2 * d, bias=False)  # applied once per conditioning, never per step
-        self.co = nn.Linear(d, d, bias=False)
+        if cfg.cross_attention:  # melody LMs have none: no weights are allocated for it
+            self.norm_cross = nn.LayerNorm(d, eps=cfg.norm_eps)
+            self.cq = nn.Linear(d, d, bias=False)
+            self.ckv = nn.Linear(d, 2 * d, bias=False)  # applied once per conditioning, never per step
+            self.co = nn.Linear(d, d, bias=False)
         self.norm2 = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(d, cfg.ffn_dim, bias=False)
         self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
@@ -57,16 +62,16 @@ class Layer(nn.Module):
 
 class LayerViews(NamedTuple):
     """One layer's weights as the eager step uses them: LayerNorm affine pairs and projections transposed to
-    [in, out] (views, no copies) for `addmm`."""
+    [in, out] (views, no copies) for `addmm`. The cross-attention ones are None in a melody LM."""
 
     n1_w: torch.Tensor
     n1_b: torch.Tensor
     wqkv_t: torch.Tensor
     wo_t: torch.Tensor
-    nc_w: torch.Tensor
-    nc_b: torch.Tensor
-    cq_t: torch.Tensor
-    co_t: torch.Tensor
+    nc_w: torch.Tensor | None
+    nc_b: torch.Tensor | None
+    cq_t: torch.Tensor | None
+    co_t: torch.Tensor | None
     n2_w: torch.Tensor
     n2_b: torch.Tensor
     fc1_t: torch.Tensor
@@ -85,7 +90,9 @@ class MusicGenLM(nn.Module):
         self.out_norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.heads = nn.Parameter(torch.zeros(K, V, d), requires_grad=False)
         self.cond_proj = nn.Linear(cfg.text_dim, d) if cfg.cond_proj else None
-        self.register_buffer("positions", sinusoids(cfg.context, d, cfg.max_period), persistent=False)
+        # Melody: one-hot chroma frames -> input vectors (transformers skips it when n_chroma == dim).
+        self.chroma_proj = nn.Linear(cfg.n_chroma, d) if cfg.takes_melody and cfg.n_chroma != d else None
+        self.register_buffer("positions", sinusoids(cfg.max_positions, d, cfg.max_period), persistent=False)
         self.register_buffer("emb_offsets", torch.arange(K) * (V + 1), persistent=False)
         self.requires_grad_(False)  # inference weights: no autograd graph, ever
         self._views: list[LayerViews] | None = None
@@ -103,10 +110,12 @@ class MusicGenLM(nn.Module):
 
     def layer_views(self) -> list["LayerViews"]:
         if self._views is None:
+            cross = self.cfg.cross_attention
             self._views = [LayerViews(
-                l.norm1.weight, l.norm1.bias, l.wqkv.weight.t(), l.wo.weight.t(), l.norm_cross.weight,
-                l.norm_cross.bias, l.cq.weight.t(), l.co.weight.t(), l.norm2.weight, l.norm2.bias, l.fc1.weight.t(),
-                l.fc2.weight.t()) for l in self.layers]
+                l.norm1.weight, l.norm1.bias, l.wqkv.weight.t(), l.wo.weight.t(),
+                l.norm_cross.weight if cross else None, l.norm_cross.bias if cross else None,
+                l.cq.weight.t() if cross else None, l.co.weight.t() if cross else None, l.norm2.weight, l.norm2.bias,
+                l.fc1.weight.t(), l.fc2.weight.t()) for l in self.layers]
         return self._views
 
     @classmethod
@@ -115,7 +124,7 @@ class MusicGenLM(nn.Module):
         with torch.device("meta"):
             lm = cls(cfg)
         lm.load_state_dict(state, assign=True)  # keeps requires_grad=False from __init__
-        lm.positions = sinusoids(cfg.context, cfg.dim, cfg.max_period).to(lm.heads.device)
+        lm.positions = sinusoids(cfg.max_positions, cfg.dim, cfg.max_period).to(lm.heads.device)
         lm.emb_offsets = torch.arange(cfg.n_q, device=lm.heads.device) * (cfg.card + 1)
         return lm
 
@@ -134,6 +143,11 @@ class MusicGenLM(nn.Module):
         if self.cond_proj is not None:
             x = self.cond_proj(x)
         return x * mask[..., None].to(x.dtype)
+
+    def project_chroma(self, chroma: torch.Tensor) -> torch.Tensor:
+        """Chroma frames [B, T, n_chroma] -> prefix vectors [B, T, dim] (melody LMs)."""
+        x = chroma.to(self.dtype)
+        return self.chroma_proj(x) if self.chroma_proj is not None else x
 
     def cross_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory [B, S, dim] -> cross-attention keys and values, each [L, B, H, S, D]."""
@@ -195,23 +209,30 @@ class MusicGenLM(nn.Module):
         """Feed `tokens [R, K, T]` at positions state.pos .. state.pos + T - 1 (eager: prefill or one step).
 
         Writes their keys/values into the cache, advances `state.pos`, returns logits [R, K, T or 1, card].
+        """
+        return self.forward_embeds(self.embed(tokens), state, last_only)
+
+    def forward_embeds(self, x: torch.Tensor, state: LMState, last_only: bool = True) -> torch.Tensor:
+        """`forward` from input vectors x [R, T, dim] (token embeddings, or a melody LM's conditioning prefix).
+
         The residual stream is kept 2-D ([R*T, dim]) so that every projection that feeds it is one fused
         `addmm` (GEMM + residual add): at a step the GEMMs are bound by reading the weights, and on CPU the
         rest is per-op overhead worth removing.
         """
-        R, K, T = tokens.shape
+        R, T, _ = x.shape
         start, end = state.pos, state.pos + T
         if end > state.capacity:
             raise RuntimeError(f"KV cache full: {end} positions > {state.capacity}; re-prompt before this point")
         H, D, d, eps = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim, self.cfg.norm_eps
-        x = (self.embed(tokens) + self.positions[start:end].to(self.dtype)).view(R * T, d)  # [R*T, d]
+        cross = self.cfg.cross_attention
+        x = (x.to(self.dtype) + self.positions[start:end].to(self.dtype)).reshape(R * T, d)  # [R*T, d]
         if T == 1:
             mask, causal = None, False
         elif start == 0:
             mask, causal = None, True
         else:  # a chunk of prompt after earlier positions: query i sees keys 0 .. start + i
-            q_pos = torch.arange(start, end, device=tokens.device)
-            mask, causal = torch.arange(end, device=tokens.device)[None, :] <= q_pos[:, None], False
+            q_pos = torch.arange(start, end, device=x.device)
+            mask, causal = torch.arange(end, device=x.device)[None, :] <= q_pos[:, None], False
         for i, w in enumerate(self.layer_views()):
             h = F.layer_norm(x, (d,), w.n1_w, w.n1_b, eps)
             q, k, v = torch.mm(h, w.wqkv_t).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
@@ -220,8 +241,9 @@ class MusicGenLM(nn.Module):
             a = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
                                                attn_mask=mask, is_causal=causal)  # [R, H, T, D]
             x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.wo_t)
-            h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
-            self._add_cross(h, x, i, w, state, R, T)
+            if cross:
+                h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
+                self._add_cross(h, x, i, w, state, R, T)
             h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
             x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
         state.advance(T)
@@ -267,9 +289,10 @@ class MusicGenLM(nn.Module):
                 o = F.scaled_dot_product_attention(q, s.k[i, :, :, : p + 1], s.v[i, :, :, : p + 1])  # [R, H, 1, D]
                 att.append(o.reshape(b - a, d))  # one position: heads are already adjacent
             x = torch.addmm(x, torch.cat(att), w.wo_t)
-            h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
-            for (a, b), s in zip(spans, states):  # row slices of x are views: the cross-attention adds in place
-                self._add_cross(h[a:b], x[a:b], i, w, s, b - a, 1)
+            if self.cfg.cross_attention:  # every stream of one LM has the same layers
+                h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
+                for (a, b), s in zip(spans, states):  # row slices of x are views: the cross-attention adds in place
+                    self._add_cross(h[a:b], x[a:b], i, w, s, b - a, 1)
             h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
             x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
         for s in states:
@@ -323,7 +346,7 @@ class MusicGenLM(nn.Module):
 
         The position is read from the device tensor `state.pos_t`; attention spans the whole cache with a mask, and
         the cross-attention spans the padded text with its mask, so neither the prompt nor the position changes a
-        shape. Advances `state.pos_t` on the device; the caller keeps the host counter.
+        shape. A melody LM's prefix is part of the cache, covered by the same mask. Advances `state.pos_t` on the device; the caller keeps the host counter.
         """
         H, d = self.cfg.num_heads, self.cfg.dim
         pos = state.pos_t  # [1]
@@ -337,9 +360,10 @@ class MusicGenLM(nn.Module):
             state.v[i].index_copy_(2, pos, v)
             a = F.scaled_dot_product_attention(q, state.k[i], state.v[i], attn_mask=seen)
             x = x + layer.wo(_merge_heads(a))
-            q = _split_heads(layer.cq(layer.norm_cross(x)), H)
-            a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=cross_mask)
-            x = x + layer.co(_merge_heads(a))
+            if self.cfg.cross_attention:
+                q = _split_heads(layer.cq(layer.norm_cross(x)), H)
+                a = F.scaled_dot_product_attention(q, state.cross_k[i], state.cross_v[i], attn_mask=cross_mask)
+                x = x + layer.co(_merge_heads(a))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.norm2(x))))
         state.pos_t.add_(1)
         return self._logits(x)[:, :, 0]

@@ -5,6 +5,10 @@ the latest column, draws the next one on the device (CFG batch = B conditional +
 frame ring, and never synchronises with the host. Past the trained context it re-prompts itself from the most
 recent frames: a second cache is prefilled a chunk per step in the background and takes over at a column boundary,
 so the token stream never pauses.
+
+A melody LM's conditioning is a prefix of input vectors (prefix.py) that fills the first positions of every context:
+the caches have room for the longest one, it is prefilled with the prompt at `start`, and a re-prompt feeds it
+into the new context chunk by chunk before the columns.
 """
 
 from __future__ import annotations
@@ -20,14 +24,21 @@ from segue.models.lm.config import MAX_TEXT_TOKENS, LMConfig, ReplanConfig, Samp
 from segue.models.lm.cuda_graph import CUDAGraphed, graphs_enabled
 from segue.models.lm.model import MusicGenLM
 from segue.models.lm.pattern import columns_from_frames
+from segue.models.lm.prefix import chroma_offset, prefix_length, write_prefix
 from segue.models.lm.sampling import cfg_combine, sample
 from segue.models.lm.state import LMState, LMStateSnapshot
 
 
-def replan_points(cfg: LMConfig, replan: ReplanConfig) -> tuple[int, int]:
-    """(frames kept when re-prompting, column offset at which the background re-prompt starts)."""
+def replan_points(cfg: LMConfig, replan: ReplanConfig, prefix: int | None = None) -> tuple[int, int]:
+    """(frames kept when re-prompting, column offset at which the background re-prompt starts).
+
+    prefix: positions of conditioning prefix the new context must be fed first (default: a melody LM's largest).
+    """
     keep = min(int(replan.keep_seconds * cfg.frame_rate), cfg.context // 2)
-    catchup_steps = math.ceil((keep + 2) / max(1, replan.chunk - 1)) + 2
+    prefix = cfg.max_prefix if prefix is None else prefix
+    # The prefix takes whole steps (a chunk each) during which the take moves on by a column each.
+    prefix_steps = math.ceil(prefix / replan.chunk)
+    catchup_steps = prefix_steps + math.ceil((keep + 2 + prefix_steps) / max(1, replan.chunk - 1)) + 2
     # Last position the active cache may reach before the re-prompted one must have taken over.
     replan_at = cfg.context - 1 - catchup_steps
     if replan_at <= keep:
@@ -58,6 +69,8 @@ class StreamSnapshot:
     total: int | None
     sampling: SamplingParams
     conditions: tuple  # the prompts' conditions (immutable, shared): a later re-prompt needs them
+    chroma: torch.Tensor | None  # melody [B, T, n_chroma] (never written, shared), for later re-prompts
+    prefix: int
 
 
 class LMStream:
@@ -68,7 +81,7 @@ class LMStream:
         conditioner: turns prompts into cross-attention conditions (cached per prompt).
         batch: items generated in lock-step.
         sampling: temperature / top-k / top-p / CFG coefficient / seed.
-        max_text: text tokens a prompt may have (fixes the cross-attention shape).
+        max_text: text tokens a prompt may have (fixes the cross-attention shape, or a melody LM's prefix room).
         replan: how to continue past the trained context.
         cuda_graphs: capture the step in a CUDA graph (None = on for CUDA devices unless SEGUE_CUDA_GRAPHS=0).
     """
@@ -83,8 +96,18 @@ class LMStream:
         self.device = dev
         self.rows = 2 * batch
         self.context = cfg.context
-        self.keep, self.replan_at = replan_points(cfg, replan)
-        self.states = [LMState.allocate(cfg, self.rows, self.context, max_text, dev, dt)]
+        melody = cfg.takes_melody
+        self.prefix_cap = cfg.chroma_length + max_text if melody else 0
+        if self.prefix_cap + self.context > lm.positions.shape[0]:
+            raise ValueError(f"max_text {max_text} is more than the {MAX_TEXT_TOKENS} text tokens this LM's "
+                             "positions cover; lower it")
+        self.keep, self.replan_at = replan_points(cfg, replan, self.prefix_cap)
+        self.states = [LMState.allocate(cfg, self.rows, self.prefix_cap + self.context, 0 if melody else max_text,
+                                        dev, dt)]
+        # Melody: every row's conditioning prefix [2B, P, dim], rewritten in place for each context.
+        self.prefix_buf = torch.zeros(self.rows, self.prefix_cap, cfg.dim, device=dev, dtype=dt) if melody else None
+        self.prefix = 0  # positions the prefix takes at the head of every context (0 without melody)
+        self.chroma: torch.Tensor | None = None
         self.ring_size = 2 * self.context
         K = cfg.n_q
         self.ring = torch.full((batch, K, self.ring_size), cfg.special, device=dev, dtype=torch.long)  # [B, K, F]
@@ -126,10 +149,11 @@ class LMStream:
     # -- start ----------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def start(self, texts: list[str | None] | None = None, prompt: torch.Tensor | None = None,
-              total_frames: int | None = None) -> None:
+              total_frames: int | None = None, chroma: torch.Tensor | None = None) -> None:
         """Condition on `texts` (one per item; None = null condition), prefill `prompt` codes [B, K, T_p] if any.
 
         total_frames: frames of the whole stream including the prompt, or None for an endless stream.
+        chroma: melody LMs only: one-hot chroma [B, T_c, n_chroma], or None for the null melody.
         """
         cfg, B = self.cfg, self.B
         texts = list(texts) if texts is not None else [None] * B
@@ -144,19 +168,28 @@ class LMStream:
                              f"at most {limit / cfg.frame_rate:.2f} s of prompt")
         if total_frames is not None and total_frames <= n_prompt:
             raise ValueError("nothing to generate: total_frames must exceed the prompt")
-        self.conditions = [self.conditioner(t) for t in texts]
+        self._check_chroma(chroma)
+        conditions = [self.conditioner(t) for t in texts]
+        if cfg.takes_melody and prefix_length(self.lm, conditions) > self.prefix_cap:
+            raise ValueError(f"the text is {prefix_length(self.lm, conditions) - cfg.chroma_length} tokens; this "
+                             f"stream holds at most {self.prefix_cap - cfg.chroma_length}")
+        self.conditions = conditions
+        self.chroma = None if chroma is None else chroma.to(self.device, torch.float32)
         if self.total_exceeds_context(total_frames) and len(self.states) == 1:
-            self.states.append(LMState.allocate(cfg, self.rows, self.context, self.states[0].max_text,
+            self.states.append(LMState.allocate(cfg, self.rows, self.states[0].capacity, self.states[0].max_text,
                                                 self.device, self.lm.dtype))
         self.active, self.catchup, self.base = self.states[0], None, 0
         self.n_prompt, self.total = n_prompt, total_frames
-        self._condition(self.active)
+        self._condition(self.active, 0)
         self.active.reset()
         self.ring.fill_(cfg.special)
         if n_prompt:
             self.ring[:, :, :n_prompt] = prompt.to(self.device, torch.long)
         cols = columns_from_frames(self.ring, cfg.delays, 0, n_prompt + 1, 0, cfg.special, self.ring_size)
-        logits = self.lm(torch.cat([cols, cols], 0), self.active)[:, :, 0]  # [2B, K, V]
+        x = self.lm.embed(torch.cat([cols, cols], 0))  # [2B, n_prompt + 1, dim]
+        if self.prefix:  # melody: the conditioning prefix, then the prompt, in one causal prefill
+            x = torch.cat([self.prefix_buf[:, : self.prefix], x], 1)
+        logits = self.lm.forward_embeds(x, self.active)[:, :, 0]  # [2B, K, V]
         self.column = n_prompt + 1  # the column this prefill's logits produce
         self.col_t.fill_(self.column)
         self._produce(logits)
@@ -164,7 +197,25 @@ class LMStream:
     def total_exceeds_context(self, total_frames: int | None) -> bool:
         return total_frames is None or total_frames + self.cfg.max_delay + 1 > self.replan_at
 
-    def _condition(self, state: LMState) -> None:
+    def _check_chroma(self, chroma: torch.Tensor | None) -> None:
+        cfg, B = self.cfg, self.B
+        if chroma is None:
+            return
+        if not cfg.takes_melody:
+            raise ValueError("this LM takes no melody; load a MusicGen-Melody model to condition on one")
+        if chroma.dim() != 3 or chroma.shape[0] != B or chroma.shape[1] < 1 or chroma.shape[2] != cfg.n_chroma:
+            raise ValueError(f"the melody's chroma must be one-hot frames [{B}, T, {cfg.n_chroma}], got "
+                             f"{list(chroma.shape)}")
+        if not bool(torch.isfinite(chroma).all()):
+            raise ValueError("the melody's chroma holds NaN or infinite values")
+
+    def _condition(self, state: LMState, first_frame: int) -> None:
+        """Conditioning for a context whose first frame is `first_frame`: the cross-attention keys/values in
+        `state`, or (melody) the prefix in `prefix_buf`, which the caller feeds into `state`."""
+        if self.cfg.takes_melody:
+            self.prefix = write_prefix(self.lm, self.prefix_buf, self.conditions, self.conditioner.null(),
+                                       self.chroma, chroma_offset(self.lm, first_frame))
+            return
         k, v, mask = stack_rows(self.conditions, self.conditioner.null())
         self.lm.attach_condition(state, k, v, mask, self.B)
 
@@ -277,16 +328,21 @@ class LMStream:
                 return
             spare = self.states[1] if self.active is self.states[0] else self.states[0]
             spare.reset()
-            self._condition(spare)
-            self.catchup = _Catchup(spare, self.column - self.keep)
-        cu = self.catchup
-        start = cu.base + cu.state.pos
-        stop = min(start + self.replan.chunk, self.column)
-        if stop > start:
-            cols = columns_from_frames(self.ring, self.cfg.delays, start, stop, cu.base, self.cfg.special,
-                                       self.ring_size)
-            self.lm(torch.cat([cols, cols], 0), cu.state)
-        if cu.base + cu.state.pos == self.column:  # caught up: the new context feeds the current column
+            base = self.column - self.keep
+            self._condition(spare, base)
+            self.catchup = _Catchup(spare, base)
+        cu, P = self.catchup, self.prefix
+        if cu.state.pos < P:  # melody: the new context's prefix first, a chunk per step
+            self.lm.forward_embeds(self.prefix_buf[:, cu.state.pos : min(cu.state.pos + self.replan.chunk, P)],
+                                   cu.state)
+        else:
+            start = cu.base + cu.state.pos - P
+            stop = min(start + self.replan.chunk, self.column)
+            if stop > start:
+                cols = columns_from_frames(self.ring, self.cfg.delays, start, stop, cu.base, self.cfg.special,
+                                           self.ring_size)
+                self.lm(torch.cat([cols, cols], 0), cu.state)
+        if cu.state.pos >= P and cu.base + cu.state.pos - P == self.column:  # caught up: it feeds the next column
             self.active, self.base, self.catchup = cu.state, cu.base, None
         elif fed >= self.context - 1:
             raise RuntimeError("re-prompt did not catch up in time; raise ReplanConfig.chunk")
@@ -298,7 +354,7 @@ class LMStream:
             raise RuntimeError("cannot snapshot while re-prompting; snapshot right after start()")
         return StreamSnapshot(self.active.snapshot(), self.col.clone(), self.ring.clone(),
                               self.generator.get_state(), self.column, self.base, self.n_prompt, self.total,
-                              self.sampling, tuple(self.conditions))
+                              self.sampling, tuple(self.conditions), self.chroma, self.prefix)
 
     def restore(self, snap: StreamSnapshot) -> None:
         """Resume from a snapshot, in place (graph buffers keep their addresses)."""
@@ -309,7 +365,7 @@ class LMStream:
         self.inp[self.B :, :, 0] = snap.col
         self.ring.copy_(snap.ring)
         self.column, self.base, self.n_prompt, self.total = snap.column, snap.base, snap.n_prompt, snap.total
-        self.conditions = list(snap.conditions)
+        self.conditions, self.chroma, self.prefix = list(snap.conditions), snap.chroma, snap.prefix
         self.col_t.fill_(snap.column + 1)
         if snap.sampling != self.sampling:
             self.set_sampling(snap.sampling)

@@ -78,6 +78,8 @@ def load_model(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype 
             kind = "musicgen"
         else:
             codec, lm, text, kind = ac.load_audiocraft(folder, dtype, fetch)
+        if lm.cfg.takes_melody:
+            kind = "musicgen-melody"
         info = ModelInfo(ref, str(folder), layout, kind)
     return MusicGen(codec.to(device), lm.to(device=device, dtype=dtype), text.to(device), info)
 

@@ -16,8 +16,10 @@ def _delays(n_q: int, channels: int) -> tuple[int, ...]:
     return tuple(k // channels for k in range(n_q))
 
 
-def lm_config_from_transformers(cfg: dict, frame_rate: float, max_duration: float = 30.0) -> LMConfig:
-    """A `MusicgenConfig` dict (config.json of a MusicGen repo) -> LMConfig."""
+def lm_config_from_transformers(cfg: dict, frame_rate: float, max_duration: float = 30.0,
+                                chroma_rate: float = 32000 / 4096) -> LMConfig:
+    """A `MusicgenConfig` or `MusicgenMelodyConfig` dict (config.json of a MusicGen repo) -> LMConfig."""
+    melody = cfg.get("model_type") == "musicgen_melody"
     try:
         dec, text = cfg["decoder"], cfg["text_encoder"]
         if dec.get("activation_function", "gelu") != "gelu":
@@ -41,9 +43,42 @@ def lm_config_from_transformers(cfg: dict, frame_rate: float, max_duration: floa
             max_duration=max_duration,
             frame_rate=frame_rate,
             channels=channels,
+            cross_attention=not melody,
+            chroma_length=int(cfg.get("chroma_length", 235)) if melody else 0,
+            n_chroma=int(cfg.get("num_chroma", 12)),
+            chroma_rate=chroma_rate,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"the MusicGen config is not one segue understands ({exc}); check config.json") from exc
+
+
+def _melody_from_audiocraft(cfg: dict) -> tuple[int, int, float]:
+    """(chroma_length, n_chroma, chroma_rate) of an audiocraft melody LM (fuser prepend [self_wav, description]),
+    or (0, 12, default rate) for a text-only one; refuses every other fusing."""
+    fuser = cfg.get("fuser", {})
+    prepend, cross = set(fuser.get("prepend") or []), list(fuser.get("cross") or [])
+    if fuser.get("sum") or fuser.get("input_interpolate"):
+        raise ModelFileError("LMs with 'sum' or 'input_interpolate' conditions are not supported (MusicGen uses "
+                             "cross-attention, MusicGen-Melody prepends)")
+    if not prepend:
+        if set(cross) - {"description"}:
+            raise ModelFileError(f"cross-attention conditions {cross} are not supported (only a T5 description)")
+        return 0, 12, 32000 / 4096
+    if prepend != {"self_wav", "description"} or cross:
+        raise ModelFileError(f"fuser prepend {sorted(prepend)} with cross {cross} is not supported: segue reads "
+                             "MusicGen-Melody (prepend [self_wav, description], no cross-attention)")
+    wav = cfg["conditioners"]["self_wav"]
+    if wav.get("model") != "chroma_stem":
+        raise ModelFileError(f"melody conditioner {wav.get('model')!r} is not supported (only chroma_stem)")
+    chroma = wav.get("chroma_stem", {})
+    if not chroma.get("argmax", True):
+        raise ModelFileError("chroma_stem with argmax: false is not supported (the published melody models use "
+                             "one-hot chroma)")
+    sample_rate = int(chroma.get("sample_rate", cfg.get("sample_rate", 32000)))
+    hop = 2 ** int(chroma.get("radix2_exp", 14)) // 4  # audiocraft's window hop: a quarter of the window
+    duration = float(chroma.get("duration", cfg["dataset"]["segment_duration"]))
+    # The chroma length the model was trained on: frames of a whole segment (1 + 960000 // 4096 = 235 for 30 s).
+    return 1 + int(duration * sample_rate) // hop, int(chroma.get("n_chroma", 12)), sample_rate / hop
 
 
 def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LMConfig:
@@ -55,10 +90,7 @@ def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LM
         pattern = cfg.get("codebooks_pattern", {})
         if pattern.get("modeling") != "delay":
             raise ModelFileError(f"codebook pattern {pattern.get('modeling')!r} is not supported (only 'delay')")
-        fuser = cfg.get("fuser", {})
-        if fuser.get("prepend") or fuser.get("sum") or fuser.get("input_interpolate"):
-            raise ModelFileError("melody / prepend-conditioned models are not supported yet (text cross-attention "
-                                 "only)")
+        chroma_length, n_chroma, chroma_rate = _melody_from_audiocraft(cfg)
         for key in ("bias_ff", "bias_attn", "bias_proj"):
             if tl.get(key, False):
                 raise ModelFileError(f"LMs with {key}=true are not supported (MusicGen has no biases)")
@@ -83,6 +115,10 @@ def lm_config_from_audiocraft(cfg: dict, frame_rate: float, text_dim: int) -> LM
             frame_rate=frame_rate,
             max_period=float(tl.get("max_period", 10000.0)),
             channels=2 if cfg.get("interleave_stereo_codebooks", {}).get("use", False) else 1,
+            cross_attention=chroma_length == 0,
+            chroma_length=chroma_length,
+            n_chroma=n_chroma,
+            chroma_rate=chroma_rate,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"the audiocraft LM config is not one segue understands ({exc})") from exc
@@ -117,8 +153,14 @@ def _stack(sd: dict, pattern: str, n: int, source: str) -> torch.Tensor:
 
 def lm_from_transformers(cfg: LMConfig, raw: dict[str, torch.Tensor], source: str,
                          dtype: torch.dtype = torch.float32) -> MusicGenLM:
-    """The LM from the `decoder.*` + `enc_to_dec_proj.*` keys of a `MusicgenForConditionalGeneration`."""
+    """The LM from the `decoder.*` + `enc_to_dec_proj.*` (+ melody: `audio_enc_to_dec_proj.*`) keys of a
+    `MusicgenForConditionalGeneration` / `MusicgenMelodyForConditionalGeneration`."""
     sd = dict(raw)
+    cross = any(".encoder_attn." in k for k in sd)
+    if cross != cfg.cross_attention:
+        raise ModelFileError(f"{source}: config.json says {'MusicGen' if cfg.cross_attention else 'MusicGen-Melody'} "
+                             f"but the weights {'have' if cross else 'lack'} cross-attention; the checkpoint and "
+                             "its config.json do not belong together, download the model again")
     out = {
         "emb": _stack(sd, "decoder.model.decoder.embed_tokens.{}.weight", cfg.n_q, source),
         "heads": _stack(sd, "decoder.lm_heads.{}.weight", cfg.n_q, source),
@@ -131,7 +173,8 @@ def lm_from_transformers(cfg: LMConfig, raw: dict[str, torch.Tensor], source: st
         for i in range(cfg.num_layers):
             p = f"{prefix}layers.{i}."
             out[f"layers.{i}.wqkv.weight"] = torch.cat([sd.pop(f"{p}self_attn.{x}_proj.weight") for x in "qkv"])
-            out[f"layers.{i}.ckv.weight"] = torch.cat([sd.pop(f"{p}encoder_attn.{x}_proj.weight") for x in "kv"])
+            if cross:
+                out[f"layers.{i}.ckv.weight"] = torch.cat([sd.pop(f"{p}encoder_attn.{x}_proj.weight") for x in "kv"])
             for hf, ours in names.items():
                 for suffix in ("weight", "bias"):
                     key = f"{p}{hf}.{suffix}"
@@ -144,6 +187,8 @@ def lm_from_transformers(cfg: LMConfig, raw: dict[str, torch.Tensor], source: st
             out[f"out_norm.{suffix}"] = sd.pop(f"{prefix}layer_norm.{suffix}")
         if f"enc_to_dec_proj.{suffix}" in sd:
             out[f"cond_proj.{suffix}"] = sd.pop(f"enc_to_dec_proj.{suffix}")
+        if f"audio_enc_to_dec_proj.{suffix}" in sd:
+            out[f"chroma_proj.{suffix}"] = sd.pop(f"audio_enc_to_dec_proj.{suffix}")
     leftover = [k for k in sd if not k.startswith(f"{prefix}embed_positions")]
     if leftover:
         raise ModelFileError(f"{source}: unexpected LM weights {leftover[:3]}; this MusicGen variant is not supported")
@@ -173,6 +218,8 @@ def lm_from_audiocraft(cfg: LMConfig, raw: dict[str, torch.Tensor], source: str,
             out[key] = sd.pop(key)
         elif key.startswith("condition_provider.conditioners.description.output_proj."):
             out["cond_proj." + key.rsplit(".", 1)[1]] = sd.pop(key)
+        elif key.startswith("condition_provider.conditioners.self_wav.output_proj."):
+            out["chroma_proj." + key.rsplit(".", 1)[1]] = sd.pop(key)
     # Packed q|k|v projections are named `in_proj_weight` (no `.weight` suffix).
     for key in list(sd):
         m = re.match(r"^transformer\.layers\.(\d+)\.(self_attn|cross_attention)\.in_proj_weight$", key)

@@ -1,4 +1,5 @@
-"""Folders in the transformers layout: `MusicgenForConditionalGeneration` repos and `EncodecModel` repos."""
+"""Folders in the transformers layout: `MusicgenForConditionalGeneration` and `MusicgenMelodyForConditionalGeneration`
+repos, and `EncodecModel` repos."""
 
 from __future__ import annotations
 
@@ -31,17 +32,14 @@ def read_config(folder: Path) -> dict | None:
 
 def model_kind(cfg: dict) -> str:
     kind = cfg.get("model_type")
-    if kind in ("musicgen", "encodec"):
+    if kind in ("musicgen", "musicgen_melody", "encodec"):
         return kind
-    if kind == "musicgen_melody":
-        raise ModelFileError("MusicGen-Melody (chroma conditioning) is not supported yet; use a text MusicGen "
-                             "such as facebook/musicgen-small")
     raise ModelFileError(f"model type {kind!r} is not a MusicGen or EnCodec model")
 
 
 def load_codec(folder: Path, cfg: dict) -> Encodec:
     """The codec of a MusicGen repo (`audio_encoder.*`) or of an EnCodec repo."""
-    if model_kind(cfg) == "musicgen":
+    if model_kind(cfg) != "encodec":
         codec_cfg, prefix = cfg.get("audio_encoder"), "audio_encoder."
         if not isinstance(codec_cfg, dict):
             raise ModelFileError(f"{folder}/config.json has no audio_encoder section")
@@ -87,18 +85,42 @@ def load_tokenizer(folder: Path):
         raise ModelFileError(f"{folder} has no usable T5 tokenizer ({exc}); download the model again") from exc
 
 
+def chroma_rate(folder: Path, cfg: dict, sample_rate: int) -> float:
+    """Chroma frames per second of a melody repo: its feature extractor's hop (preprocessor_config.json), 4096 by
+    default. segue computes chroma with a window of four hops at the codec's rate, as the published repos do."""
+    path = folder / "preprocessor_config.json"
+    if cfg.get("model_type") != "musicgen_melody" or not path.exists():
+        return sample_rate / 4096
+    try:
+        pre = json.loads(path.read_text())
+        hop, n_fft = int(pre.get("hop_length", 4096)), int(pre.get("n_fft", 16384))
+        rate = int(pre.get("sampling_rate", sample_rate))
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelFileError(f"{path} is not a readable feature extractor config ({exc}); download the model "
+                             "again") from exc
+    if n_fft != 4 * hop or rate != sample_rate:
+        raise ModelFileError(f"{path}: chroma with n_fft {n_fft}, hop {hop} at {rate} Hz is not supported (segue "
+                             f"computes it at the codec's {sample_rate} Hz with a window of four hops)")
+    return sample_rate / hop
+
+
 def load_musicgen(folder: Path, cfg: dict, dtype: torch.dtype) -> tuple[Encodec, MusicGenLM, TextEncoder]:
-    """Codec, LM and text encoder of a `MusicgenForConditionalGeneration` folder."""
+    """Codec, LM and text encoder of a `MusicgenForConditionalGeneration` or `...MelodyForConditionalGeneration`
+    folder."""
+    lm_prefixes = ("decoder.", "enc_to_dec_proj.", "audio_enc_to_dec_proj.")
+
     def lm_dtype(key: str, t: torch.Tensor) -> torch.Tensor:
-        lm_key = key.startswith(("decoder.", "enc_to_dec_proj."))
-        return t.to(dtype) if lm_key and t.is_floating_point() else t
+        return t.to(dtype) if key.startswith(lm_prefixes) and t.is_floating_point() else t
 
     sd = read_state_dict(folder, convert=lm_dtype)
     codec = Encodec(codec_config_from_transformers(cfg.get("audio_encoder") or {}))
     load_codec_from_transformers(codec, _take(sd, "audio_encoder."), str(folder))
-    lm_sd = _take(sd, "decoder.", keep_prefix=True)
-    lm_sd.update(_take(sd, "enc_to_dec_proj.", keep_prefix=True))
-    lm = lm_from_transformers(lm_config_from_transformers(cfg, codec.cfg.frame_rate), lm_sd, str(folder), dtype)
+    lm_sd = {}
+    for prefix in lm_prefixes:
+        lm_sd.update(_take(sd, prefix, keep_prefix=True))
+    rate = chroma_rate(folder, cfg, codec.cfg.sample_rate)
+    lm_cfg = lm_config_from_transformers(cfg, codec.cfg.frame_rate, chroma_rate=rate)
+    lm = lm_from_transformers(lm_cfg, lm_sd, str(folder), dtype)
     text = _load_t5(folder, cfg, _take(sd, "text_encoder."))
     return codec.eval(), lm.eval(), text
 

@@ -90,7 +90,7 @@ def test_unsupported_and_corrupt_exports(tiny, t5_folder, tmp_path):
     pkg = torch.load(folder / "state_dict.bin", weights_only=True)
     pkg["xp.cfg"] = pkg["xp.cfg"].replace("prepend: []", "prepend: [self_wav]")
     torch.save(pkg, folder / "state_dict.bin")
-    with pytest.raises(ModelFileError, match="melody"):
+    with pytest.raises(ModelFileError, match="prepend"):  # only the melody fusing (self_wav + description)
         load_model(str(folder))
     (folder / "state_dict.bin").write_bytes(b"garbage")
     with pytest.raises(ModelFileError, match="not a readable PyTorch checkpoint"):
