@@ -113,6 +113,10 @@ def load_audiocraft(folder: Path, dtype: torch.dtype, fetch) -> tuple[Encodec, M
         raise ModelFileError(f"{path}: only T5 text-conditioned LMs are supported ({exc})") from exc
     text = load_text_encoder(t5_name, fetch)
     text_dim = text.encoder.config.d_model
-    lm = lm_from_audiocraft(lm_config_from_audiocraft(cfg, codec.cfg.frame_rate, text_dim), state, str(path), dtype)
+    try:
+        lm_cfg = lm_config_from_audiocraft(cfg, codec.cfg.frame_rate, text_dim)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc
+    lm = lm_from_audiocraft(lm_cfg, state, str(path), dtype)
     kind = "audiogen" if str(cfg.get("solver", "")).startswith("audiogen") else "musicgen"
     return codec, lm.eval(), text, kind

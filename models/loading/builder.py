@@ -14,6 +14,8 @@ from segue.models.loading.demo import DEMO_CODEC, DEMO_SEED, build_demo, random_
 from segue.models.loading.hub import fetch as hub_fetch
 from segue.models.musicgen import ModelInfo, MusicGen
 
+DEMOS = {"demo": "musicgen", "demo-melody": "musicgen-melody"}  # built from a seed, no files
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -59,14 +61,15 @@ def _layout(folder: Path) -> tuple[str, dict | None]:
 
 def load_model(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                fetch: Callable[[str], Path] = hub_fetch) -> MusicGen:
-    """Codec + LM + text encoder for `ref`: 'demo', a local folder, or a hub id (downloaded into the HF cache).
+    """Codec + LM + text encoder for `ref`: 'demo' or 'demo-melody', a local folder, or a hub id (downloaded
+    into the HF cache).
 
     The LM runs in `dtype`; the codec and T5 stay in float32.
     """
     device = torch.device(device)
-    if ref == "demo":
-        codec, lm, text = build_demo(DEMO_SEED)
-        info = ModelInfo(ref, None, "demo", "musicgen")
+    if ref in DEMOS:
+        codec, lm, text = build_demo(DEMO_SEED, melody=ref == "demo-melody")
+        info = ModelInfo(ref, None, "demo", DEMOS[ref])
     else:
         folder = fetch(ref)
         layout, cfg = _layout(folder)
@@ -87,7 +90,7 @@ def load_model(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype 
 def load_codec(ref: str, device: torch.device | str = "cpu", fetch: Callable[[str], Path] = hub_fetch) -> MusicGen:
     """Only the codec of `ref` (an EnCodec repo, the codec inside a MusicGen repo, or the demo's)."""
     device = torch.device(device)
-    if ref == "demo":
+    if ref in DEMOS:
         return MusicGen(random_codec(DEMO_CODEC, DEMO_SEED).to(device), None, None,
                         ModelInfo(ref, None, "demo", "encodec"))
     folder = fetch(ref)

@@ -1,11 +1,13 @@
 """The built-in `demo` model: a tiny random-weight MusicGen + codec + T5, built from a seed, no files, no network.
 
 It has the real architecture and data path (32 kHz, hop 640, 4 x 2048 codebooks, delay pattern, CFG, T5
-cross-attention), so every command runs anywhere; with random weights it makes noise, not music.
+cross-attention), so every command runs anywhere; with random weights it makes noise, not music. `demo-melody` is
+the same with MusicGen-Melody's conditioning (235 chroma frames and the text prepended, no cross-attention).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import string
 
 import torch
@@ -22,6 +24,7 @@ DEMO_CODEC = CodecConfig(sample_rate=32000, ratios=(8, 5, 4, 4), n_filters=4, di
                          pad_mode="reflect", n_q=4, bins=2048)
 DEMO_LM = LMConfig(dim=64, num_heads=4, num_layers=2, ffn_dim=256, n_q=4, card=2048, delays=(0, 1, 2, 3),
                    text_dim=32, max_duration=30.0, frame_rate=50.0)
+DEMO_MELODY_LM = dataclasses.replace(DEMO_LM, cross_attention=False, chroma_length=235)
 DEMO_T5 = dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, relative_attention_num_buckets=8)
 
 
@@ -96,5 +99,6 @@ def random_text_encoder(t5: dict, seed: int) -> TextEncoder:
     return TextEncoder(tokenizer, encoder)
 
 
-def build_demo(seed: int = DEMO_SEED) -> tuple[Encodec, MusicGenLM, TextEncoder]:
-    return random_codec(DEMO_CODEC, seed), random_lm(DEMO_LM, seed + 1), random_text_encoder(DEMO_T5, seed + 2)
+def build_demo(seed: int = DEMO_SEED, melody: bool = False) -> tuple[Encodec, MusicGenLM, TextEncoder]:
+    lm = random_lm(DEMO_MELODY_LM if melody else DEMO_LM, seed + 1)
+    return random_codec(DEMO_CODEC, seed), lm, random_text_encoder(DEMO_T5, seed + 2)

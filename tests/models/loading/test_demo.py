@@ -27,3 +27,18 @@ def test_demo_generates_audio_at_a_sane_level():
 
 def test_demo_codec_alone_is_the_same_codec():
     assert torch.equal(load_codec("demo").codec.quantizer.codebooks, load_model("demo").codec.quantizer.codebooks)
+
+
+def test_demo_melody_takes_a_melody():
+    """`--model demo-melody`: the demo's codec and T5 with a MusicGen-Melody LM (no files), for the daemon."""
+    from segue.models.generation import Take
+
+    model, plain = load_model("demo-melody"), load_model("demo")
+    assert model.takes_melody and not plain.takes_melody and model.info.kind == "musicgen-melody"
+    assert model.lm.cfg.chroma_length == 235 and torch.equal(model.codec.quantizer.codebooks,
+                                                              plain.codec.quantizer.codebooks)
+    t = torch.arange(32000) / 32000
+    melody = model.melody_from_audio(torch.sin(2 * torch.pi * 440 * t)[None] * 0.3)
+    take = Take(model, "anything", None, 20, SamplingParams(seed=1), melody=melody)
+    audio = torch.cat([torch.from_numpy(c) for c in take], -1)
+    assert audio.shape == (1, 20 * 640) and take.new_codes().max() < 2048
