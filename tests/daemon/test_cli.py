@@ -188,3 +188,54 @@ def test_help_names_the_commands(capsys):
     out = capsys.readouterr().out
     assert "generate" in out and "codec" in out
     assert Path(SEGUE[0]).exists()
+
+
+# -- segue generate --melody -------------------------------------------------------------------------------------------
+
+def test_generate_follows_a_melody_file(tiny_melody, tmp_path):
+    """A 44.1 kHz stereo melody file, a tiny MusicGen-Melody folder, a real process: the codes are those of a take
+    given the same melody in this process (mixed to mono and resampled as --continue is), and not those of the
+    same take without it."""
+    import soxr
+    import torch
+
+    from segue.models.generation import Take
+    from segue.models.lm.config import SamplingParams
+    from segue.models.loading.builder import load_model
+
+    t = np.arange(int(1.5 * 44100)) / 44100
+    notes = np.where(t < 0.75, 261.63, 392.0)  # C then G
+    stereo = np.stack([0.4 * np.sin(2 * np.pi * notes * t), 0.2 * np.sin(2 * np.pi * 329.63 * t)]).astype(np.float32)
+    support.write_wav(tmp_path / "melody.wav", stereo, 44100, "PCM_24")
+    args = ["generate", "--model", tiny_melody[2], "--prompt", "lead", "--duration", "0.5", "--temperature", "0",
+            "--seed", "1", "--melody", tmp_path / "melody.wav", "--out", tmp_path / "m.wav", "--codes-out",
+            tmp_path / "m.npy"]
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "following the melody" in r.stderr and "full mix" in r.stderr
+    assert sf.info(str(tmp_path / "m.wav")).frames == 16000
+
+    model = load_model(str(tiny_melody[2]))
+    data, _ = sf.read(str(tmp_path / "melody.wav"), dtype="float32", always_2d=True)
+    mono = soxr.resample(data.mean(1, keepdims=True), 44100, 32000, quality="HQ").T  # what the CLI hands the model
+    melody = model.melody_from_audio(torch.from_numpy(np.ascontiguousarray(mono)))
+    take = Take(model, "lead", None, 25, SamplingParams(temperature=0, seed=1), melody=melody)
+    list(take)
+    np.testing.assert_array_equal(np.load(tmp_path / "m.npy"), take.new_codes())
+    plain = Take(model, "lead", None, 25, SamplingParams(temperature=0, seed=1))
+    list(plain)
+    assert not np.array_equal(plain.new_codes(), take.new_codes())
+
+
+@pytest.mark.parametrize("model, melody, message", [
+    ("demo", "ok.wav", "takes no melody"),
+    ("demo-melody", "text.wav", "not an audio file"),
+    ("demo-melody", "nope.wav", "does not exist"),
+    ("demo-melody", "nan.wav", "NaN or infinite"),
+])
+def test_bad_melody_input(files, capsys, model, melody, message):
+    argv = ["generate", "--model", model, "--duration", "1", "--melody", str(files / melody), "--out",
+            str(files / "out.wav")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segue: error:") and message in err[0], err
