@@ -70,3 +70,18 @@ def test_step_streams_mixes_graph_and_eager_streams(tiny):
 
     mixed = support.batched_equals_alone(streams)
     assert mixed[0].use_graphs and not mixed[1].use_graphs
+
+
+def test_melody_graph_step_equals_eager_step_and_replays(tiny_melody):
+    """MusicGen-Melody on the device: the prefix in the captured cache, no cross-attention in the graph."""
+    model = load_model(str(tiny_melody[2]), "cuda", torch.float32)
+    melody = support.one_hot_chroma([(5 * i) % 12 for i in range(30)]).cuda()
+    runs = []
+    for graphs in (True, False):
+        s = model.stream(1, SamplingParams(top_k=1), cuda_graphs=graphs)
+        s.start(["glass harmonica"], None, total_frames=40, chroma=melody)
+        snap = s.snapshot()
+        runs.append(support.finish(s).cpu())
+        s.restore(snap)
+        assert torch.equal(support.finish(s).cpu(), runs[-1])
+    assert torch.equal(runs[0], runs[1])

@@ -259,3 +259,25 @@ def test_bad_melody_requests_are_refused(melody_model):
         s.start(["x" * 40], None, total_frames=5)  # longer than this stream's prefix room
     with pytest.raises(ValueError, match="positions cover"):
         stream(melody_model, max_text=1000)
+
+
+def test_static_step_streams_equal_eager_ones(melody_model, monkeypatch):
+    """Melody streams on the fixed-shape step (what a CUDA graph captures; run eagerly here, on CPU) through a
+    re-prompt, batched beside an eager one: the frames of eager streams stepped alone (test_cuda.py captures
+    for real)."""
+    import segue.models.lm.stream as stream_mod
+    from segue.models.lm.cuda_graph import CUDAGraphed
+
+    monkeypatch.setattr(stream_mod, "CUDAGraphed", lambda fn, enabled, gens: CUDAGraphed(fn, False, gens))
+
+    def trio(graphs):
+        out = []
+        for seed, text, melody in ((1, "pads", chroma(9)), (2, None, None), (3, "kick", chroma(20, step=7))):
+            s = stream(melody_model, sampling=SamplingParams(top_k=1, seed=seed))
+            s.use_graphs = graphs and seed != 2
+            s.start([text], None, total_frames=150, chroma=melody)
+            out.append(s)
+        return out
+
+    mixed = support.batched_equals_alone(trio)  # trio(False): all eager, stepped alone
+    assert [bool(s._graphs) for s in mixed] == [True, False, True] and mixed[0].base > 0
