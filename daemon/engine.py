@@ -548,6 +548,7 @@ class Engine:
 
     def _adopt(self, rid: int, cmd: _Adopt) -> None:
         if cmd.error is not None:
+            self._publish_state()  # a `status` sent on the error event sees the load over
             raise cmd.error
         self.loaded.append(cmd.loaded)
         self.current = cmd.loaded

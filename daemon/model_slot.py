@@ -8,6 +8,7 @@ two iterations, and takes already playing finish on the model that started them.
 
 from __future__ import annotations
 
+import errno
 import gc
 import itertools
 import logging
@@ -99,12 +100,19 @@ def free_memory(device: torch.device) -> int:
     return 1 << 62  # unknown: let the allocation itself tell
 
 
-def out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
-                                              or "cannot allocate memory" in text)
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether a failed load ran out of memory: torch's allocators raise RuntimeError with a message, mmap of a
+    weight file fails with ENOMEM (and a loader may have wrapped that in its own error, kept as the cause)."""
+    while exc is not None:
+        if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+            return True
+        if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+            return True
+        text = str(exc).lower()
+        if any(s in text for s in ("out of memory", "can't allocate memory", "cannot allocate memory")):
+            return True
+        exc = exc.__cause__
+    return False
 
 
 class ModelLoader:

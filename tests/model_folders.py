@@ -39,3 +39,16 @@ def audiogen(folder: Path) -> Path:
     t5_folder = support.save_t5(hf, tok, folder.parent / (folder.name + "-t5"))
     return support.export_audiocraft(hf, tok, folder, t5_name=str(t5_folder), solver="audiogen/audiogen_base_16khz",
                                      duration=10.0)
+
+
+def wide_musicgen(folder: Path, width: int = 512, layers: int = 8) -> Path:
+    """A MusicGen whose weights take ~170 MB in float32 (for memory tests): tiny T5 and codec, a wide decoder."""
+    from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration, T5Config
+
+    torch.manual_seed(5)
+    tok = support.char_tokenizer()
+    t5 = T5Config(vocab_size=len(tok), d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
+    cfg = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=support.hf_encodec_config("32k").to_dict(),
+                         decoder=MusicgenDecoderConfig(vocab_size=2048, hidden_size=width, num_hidden_layers=layers,
+                                                       num_attention_heads=8, ffn_dim=4 * width).to_dict())
+    return support.save_musicgen(MusicgenForConditionalGeneration(cfg).eval(), tok, folder)

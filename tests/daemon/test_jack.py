@@ -1,14 +1,7 @@
 """The daemon end to end on a real JACK server (`jackd -d dummy`), through PortAudio, as a separate process.
 
 A JACK client plays the shipped 2-bar loop into the daemon's input, another records its output, both indexed by
-JACK frame. The song's grid is the JACK frame count: bar lines at multiples of one bar (120 bpm, 4/4 -> 96000
-samples at 48 kHz), which is also where the loop's own bars fall.
-
-Time convention (the daemon's): `tempo beat=B` means "beat B is being heard now". What a plain JACK client (the
-loop, a DAW track) writes at frame F is heard at F + L, L being JACK's system playback latency, so the test tells
-the daemon the beat of frame F - L. The daemon must then know its own output latency (PortAudio's, which on JACK
-is one period more than a plain client's) for its take to reach the JACK graph in the cycle of the bar line, in
-time with the loop.
+JACK frame (see `jack_rig.song_rig` for the grid and the time convention).
 """
 
 import json
@@ -19,88 +12,27 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jack_rig import Daemon, JackServer, Player, Recorder
-from segue.daemon.client import Client
+from jack_rig import BAR, BEAT, PERIOD, RATE, continue_on_the_bar_line, song_rig
 from segue.models.loading.builder import load_model
-from support import offline_take
 
 pytestmark = pytest.mark.slow
 
-LOOP = Path(__file__).parents[2] / "daemon" / "assets" / "loop_120bpm_2bars.flac"
-RATE, BLOCK = 48000, 256
-BEAT = RATE // 2  # 120 bpm
-BAR = 4 * BEAT
+BLOCK = PERIOD
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    takes = tmp_path_factory.mktemp("takes")
-    server = JackServer(RATE, BLOCK)
-    server.start()
-    loop, sr = sf.read(str(LOOP), dtype="float32", always_2d=True)
-    assert sr == RATE and len(loop) == 2 * BAR
-    player = Player(server, loop)
-    daemon = recorder = client = None
-    try:
-        daemon = Daemon(takes, ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size", str(BLOCK),
-                                "--midi", "none"], env=server.env)
-        player.connect(server.ports("PortAudio:in"))
-        recorder = Recorder(server)
-        recorder.connect(server.ports("PortAudio:out"))
-        client = Client(daemon.endpoint, daemon.pub, timeout=10)
-        audio = client.request("status")["status"]["audio"]
-        assert audio["running"] and audio["sample_rate"] == RATE and audio["block"] == BLOCK
-        _set_tempo(server, recorder, client)
-        while client.request("status")["status"]["audio"]["clock"] < 3 * BAR + BAR // 2:
-            time.sleep(0.1)  # let the input ring hold two whole bars (after a bar line) of the loop
-        yield server, daemon, recorder, client, loop
-    finally:
-        for closer in (client, recorder, player):
-            if closer is not None:
-                closer.close()
-        if daemon is not None:
-            daemon.stop()
-        server.stop()
-
-
-def _set_tempo(server, recorder, client) -> None:
-    """120 bpm, 4/4, with the beat position of what is heard now on the JACK grid."""
-    latency = server.playback_latency()
-    heard = recorder.client.frame_time - latency  # where the song is, as heard in the room
-    client.request("tempo", bpm=120, beats_per_bar=4, beat=heard / BEAT)
+    with song_rig(tmp_path_factory.mktemp("takes")) as r:
+        yield r
 
 
 def test_continue_last_two_bars_starts_on_the_bar_line_and_equals_its_take(rig):
     server, daemon, recorder, client, loop = rig
-    before = client.request("status")["status"]["audio"]
-    _set_tempo(server, recorder, client)  # as a DAW does, often: a cycle JACK dropped earlier is forgotten
-    t0 = recorder.client.frame_time
-    rid = client.request("continue", source="live", last_bars=2, bars=2, start="next_bar", seed=5)["id"]
-    done = client.wait(rid, timeout=60)
-    assert done["state"] == "done" and done["dropped"] == 0
-    recorder.wait_for(recorder.client.frame_time + 2 * BLOCK)
-    first, last = recorder.loud_span(t0, recorder.last_frame)
-
-    # On a bar line of the JACK grid, within one block; two bars long, within one block.
-    phase = first % BAR
-    audio = client.request("status")["status"]["audio"]
-    assert min(phase, BAR - phase) <= BLOCK, f"take starts {phase} samples off the bar line ({audio})"
-    assert abs((last - first + 1) - 2 * BAR) <= BLOCK
-
-    # What came out of the sound card is the take file, which is an offline decode of its codes.
-    take, sr = sf.read(done["path"], dtype="float32", always_2d=True)
-    assert sr == RATE and len(take) == 2 * BAR
-    recorder.assert_heard(first, take)
-    offline = offline_take(load_model("demo"), done["path"], RATE)
-    fade = round(0.005 * RATE)  # the release at the very end of a finite take
-    np.testing.assert_allclose(take[: len(take) - fade, 0], offline[: len(take) - fade], atol=1e-4)
+    done = continue_on_the_bar_line(server, recorder, client, load_model("demo"))
 
     # The prompt was the last two whole bars of the loop as played, shifted by the round trip the daemon assumes
     # (a musician hears the output L late and is heard by the input its capture latency late).
     after = client.request("status")["status"]["audio"]
-    # No block of the take went missing (JACK's own xrun count is not asserted: it also counts this test's Python
-    # clients missing their deadlines, and the recording above already equals the take sample for sample).
-    assert after["underruns"] == before["underruns"], str(after)
     heard, _ = sf.read(done["path"].replace(".wav", ".prompt.wav"), dtype="float32", always_2d=True)
     assert len(heard) == 2 * BAR
     rt = after["output_latency"] + after["input_latency"]

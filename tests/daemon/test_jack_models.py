@@ -1,0 +1,69 @@
+"""The rest of the family end to end on JACK: a stereo MusicGen (8 interleaved codebooks, two codec passes) served
+from the start, then `set model=` to an AudioGen-shaped model (audiocraft export, 16 kHz codec resampled to the
+device's 48 kHz) in the running process, each continuing the live loop on the bar line, exactly. Then a load that
+runs out of memory for real (the daemon's address space capped with prlimit): an error, and the model stays."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import model_folders
+from jack_rig import continue_on_the_bar_line, song_rig
+from segue.daemon.client import DaemonError
+from segue.models.loading.builder import load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return dict(stereo=model_folders.stereo_musicgen(root / "stereo"),
+                audiogen=model_folders.audiogen(root / "audiogen"),
+                wide=model_folders.wide_musicgen(root / "wide"))
+
+
+def _address_space(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmSize:\s+(\d+) kB", status).group(1)) * 1024
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_stereo_then_audiogen_on_jack_and_a_load_out_of_memory(folders, tmp_path):
+    with song_rig(tmp_path / "takes", model=str(folders["stereo"])) as (server, daemon, recorder, client, loop):
+        st = client.request("status")["status"]
+        assert st["channels"] == 2 and st["models"][0]["codebooks"] == 8
+        stereo = load_model(str(folders["stereo"]))
+        done = continue_on_the_bar_line(server, recorder, client, stereo)
+        take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
+        assert not np.allclose(take[:, 0], take[:, 1])  # two codec passes, two different channels
+        prompt = np.load(done["path"].replace(".wav", ".codes.npy"))
+        assert prompt.shape[0] == 8
+
+        ev = client.wait(client.request("set", model=str(folders["audiogen"]))["id"], timeout=120)
+        assert ev["model"]["kind"] == "audiogen" and ev["model"]["sample_rate"] == 16000
+        audiogen = load_model(str(folders["audiogen"]))
+        continue_on_the_bar_line(server, recorder, client, audiogen, seed=6)
+
+        # A real allocation failure: the daemon may not grow its address space by more than 64 MB, and the wide
+        # model needs ~170 MB. The error says so; the AudioGen model stays and keeps working once memory is back.
+        pid = daemon.proc.pid
+        cap = _address_space(pid) + 64 * 2**20  # the soft limit only: raising it back needs no privilege
+        subprocess.run(["prlimit", f"--pid={pid}", f"--as={cap}:"], check=True)
+        try:
+            rid = client.request("set", model=str(folders["wide"]))["id"]
+            with pytest.raises(DaemonError) as e:
+                client.wait(rid, timeout=120)
+        finally:
+            subprocess.run(["prlimit", f"--pid={pid}", "--as=unlimited:"], check=True)
+        assert e.value.code == "out_of_memory", e.value.reply
+        assert "the current model stays" in e.value.reply["message"]
+        st = client.request("status")["status"]
+        assert st["model"] == str(folders["audiogen"]) and st["loading"] is None
+        continue_on_the_bar_line(server, recorder, client, audiogen, seed=7)
+        assert daemon.proc.poll() is None
