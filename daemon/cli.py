@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import contextmanager
 
 from segue.models.errors import SegueError
 
@@ -165,44 +164,13 @@ def send(args) -> None:
         client.close()
 
 
-@contextmanager
-def _melody_takes(path: str):
-    """`commands.generate` builds its take without a melody: while it runs, its `Take` gets the melody of `path`
-    computed on the model it loaded (the chroma needs the model's rate). The file is read first, so a bad one
-    fails before any model loads."""
-    from segue.daemon import commands
-    from segue.models.audio import read_audio, to_model_audio
-    from segue.models.errors import RequestError
-
-    data, sr = read_audio(path)
-    plain = commands.Take
-
-    def take(model, *args, **kwargs):
-        if not model.takes_melody:
-            raise RequestError(f"--melody needs a MusicGen-Melody model; {model.info.ref} takes no melody (use "
-                               "facebook/musicgen-melody or demo-melody)")
-        melody = model.melody_from_audio(to_model_audio(data, sr, model.sample_rate, 1).to(model.device))
-        print(f"segue: following the melody of {path} ({melody.seconds:.1f} s, {melody.separation})",
-              file=sys.stderr)
-        return plain(model, *args, melody=melody, **kwargs)
-
-    commands.Take = take
-    try:
-        yield
-    finally:
-        commands.Take = plain
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="segue: %(message)s")
     from segue.daemon import commands
 
     try:
-        if args.command == "generate" and args.melody is not None:
-            with _melody_takes(args.melody):
-                commands.generate(args)
-        elif args.command == "generate":
+        if args.command == "generate":
             commands.generate(args)
         elif args.command == "codec":
             commands.codec(args)

@@ -51,6 +51,7 @@ def generate(args: argparse.Namespace) -> None:
     check_seconds(args.duration)
     sampling = _sampling(args)
     source = read_audio(args.continue_wav) if args.continue_wav else None
+    tune = read_audio(args.melody) if args.melody else None  # a bad file fails before any model loads
     device = parse_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
@@ -77,7 +78,16 @@ def generate(args: argparse.Namespace) -> None:
                                   f"({model.hop_length / model.sample_rate * 1000:.0f} ms); give more audio")
         prompt = prompt_codes(model, audio)
 
-    take = Take(model, args.prompt, prompt, frames, sampling)
+    melody = None
+    if tune is not None:
+        if not model.takes_melody:
+            raise RequestError(f"--melody needs a MusicGen-Melody model; {args.model} takes no melody (use "
+                               "facebook/musicgen-melody or demo-melody)")
+        data, sr = tune
+        melody = model.melody_from_audio(to_model_audio(data, sr, model.sample_rate, 1).to(model.device))
+        print(f"segue: following the melody of {args.melody} ({melody.seconds:.1f} s, {melody.separation})",
+              file=sys.stderr)
+    take = Take(model, args.prompt, prompt, frames, sampling, melody=melody)
     print(f"segue: generating {frames / model.frame_rate:.2f} s with {args.model} (seed {take.seed})",
           file=sys.stderr)
     from tqdm import tqdm
