@@ -29,7 +29,7 @@ from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
 from segue.daemon.model_slot import Loaded, ModelLoader, warm_up
 from segue.daemon.playback import Mixer, Voice
-from segue.daemon.sources import encode_prompt, prompt_audio
+from segue.daemon.sources import encode_prompt, follow_melody, prompt_audio
 from segue.daemon.take_stream import Run
 from segue.daemon.takes import TakeFiles, list_takes
 from segue.daemon.vocabulary import (BUSY, INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue,
@@ -298,12 +298,17 @@ class Engine:
         length = d.length(cmd.length)
         samples = self._length_samples(length)
         meta = dict(cmd=type(cmd).__name__.lower(), prompt=text, length=asdict(length))
-        prompt = heard = None
+        prompt = heard = melody = tune = None
         slot = self.current
+        if cmd.melody is not None:  # first: a model that takes no melody is refused before any encoding
+            pcm, sr, desc = self._audio_of(cmd.melody)
+            t_mel = time.monotonic()
+            melody = follow_melody(slot.model, pcm, sr)
+            meta["melody"] = dict(desc, seconds=round(melody.seconds, 3), separation=melody.separation,
+                                  chroma_s=round(time.monotonic() - t_mel, 4))
+            tune = (pcm, sr)
         if isinstance(cmd, Continue):
-            pcm, sr, desc = prompt_audio(cmd.source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
-                                         folders=self.folders, default_seconds=d.prompt_seconds,
-                                         default_bars=d.prompt_bars)
+            pcm, sr, desc = self._audio_of(cmd.source)
             t_enc = time.monotonic()
             prompt = encode_prompt(slot.model, pcm, sr)  # [1, K, P]
             meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
@@ -311,10 +316,16 @@ class Engine:
         sampling = d.sampling(cmd.sampling, cmd.seed)
         frames = self._frames_for(samples, slot.model)
         take = self._with_stream(slot, lambda stream: Take(slot.model, text, prompt, frames, sampling,
-                                                           self.cfg.chunk_frames, stream=stream))
+                                                           self.cfg.chunk_frames, stream=stream, melody=melody))
         codes = None if prompt is None else prompt[0].cpu().numpy().astype(np.int16)  # [K, P]
         self._launch(rid, meta["cmd"], slot, take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
-                     prompt_audio=heard)
+                     prompt_audio=heard, melody_audio=tune)
+
+    def _audio_of(self, source) -> tuple[np.ndarray, int, dict]:
+        """(samples [C, n], their rate, a description) of a prompt or melody source."""
+        d = self.defaults
+        return prompt_audio(source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
+                            folders=self.folders, default_seconds=d.prompt_seconds, default_bars=d.prompt_bars)
 
     @staticmethod
     def _with_stream(slot: Loaded, make: Callable[[object], Take]) -> Take:
@@ -347,7 +358,8 @@ class Engine:
 
     def _launch(self, rid: int, kind: str, slot: Loaded, take: Take, start: Start | None, lane: int,
                 samples: int | None, meta: dict, t: float, snap: TakeSnapshot | None = None,
-                prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None) -> None:
+                prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None,
+                melody_audio: tuple[np.ndarray, int] | None = None) -> None:
         """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
         snap = snap or take.snapshot()
         self.snapshots[rid] = (snap, dict(slot=slot, samples=samples, lane=lane, meta=meta,
@@ -371,7 +383,7 @@ class Engine:
                     tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
                     requested_at=t, held_back_s=round(held, 3))
         files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta,
-                          prompt_codes, prompt_audio)
+                          prompt_codes, prompt_audio, melody_audio)
         run = Run(rid, kind, take, voice, files, samples, self.sr, m, self.audio.out_channels,
                   round(self.cfg.end_fade * self.sr))
         run.slot = slot

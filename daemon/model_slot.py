@@ -177,7 +177,9 @@ class ModelLoader:
 def checked_load(ref: str, device: torch.device, dtype: torch.dtype, fetch, load_model) -> MusicGen:
     """`load_model(ref)` after checking that its weights can fit in what `device` has free (a Linux box out of
     memory kills the process rather than raising, so the old model would go too)."""
-    if ref != "demo":
+    from segue.models.loading.builder import DEMOS
+
+    if ref not in DEMOS:  # the demos are built from a seed: nothing to read
         folder = fetch(ref)
         need, free = weights_on_disk(folder), free_memory(device)
         if need > free:

@@ -1,7 +1,8 @@
-"""Where a continuation's prompt comes from: the live input, a previous take, an audio file, or client PCM.
+"""Where a continuation's prompt, or a take's melody, comes from: the live input, a previous take, an audio file,
+or client PCM.
 
-Each resolves to LM codes [1, K, T] at the model's frame rate, at most the longest prompt the model's context
-takes (the newest part is kept). Runs on the engine thread (encoding is model work).
+A prompt resolves to LM codes [1, K, T] at the model's frame rate, at most the longest prompt the model's context
+takes (the newest part is kept); a melody to its chroma. Runs on the engine thread (encoding is model work).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import torch
 
 from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
-from segue.daemon.vocabulary import (BAD_AUDIO, NO_INPUT, NO_SUCH_TAKE, PATH_NOT_ALLOWED, CommandError, FileSource,
-                                     LiveSource, PcmSource, Source, TakeSource)
+from segue.daemon.vocabulary import (BAD_AUDIO, BAD_REQUEST, NO_INPUT, NO_SUCH_TAKE, PATH_NOT_ALLOWED, CommandError,
+                                     FileSource, LiveSource, PcmSource, Source, TakeSource)
 from segue.models.audio import read_audio, to_model_audio
 from segue.models.errors import AudioInputError
 from segue.models.generation import max_prompt_seconds, prompt_codes
+from segue.models.melody import Melody
 from segue.models.musicgen import MusicGen
 
 
@@ -104,3 +106,15 @@ def encode_prompt(model: MusicGen, pcm: np.ndarray, sr: int) -> torch.Tensor:
         raise CommandError(BAD_AUDIO, f"the prompt audio is shorter than one frame ({1 / model.frame_rate:g} s)")
     codes = prompt_codes(model, to_model_audio(pcm, sr, model.sample_rate, model.channels))  # [1, K, T]
     return codes[..., -int(limit * model.frame_rate):]
+
+
+def follow_melody(model: MusicGen, pcm: np.ndarray, sr: int) -> Melody:
+    """Audio [C, n] at `sr` -> the melody (chroma) a take of a MusicGen-Melody `model` follows ("play a melody, get
+    a song in it"). Without a stem separation model the chroma is taken from the full mix, and the result says so."""
+    if not model.takes_melody:
+        raise CommandError(BAD_REQUEST, f"{model.info.ref} takes no melody; set model=facebook/musicgen-melody (or "
+                                        "demo-melody) first, or leave 'melody' out")
+    try:
+        return model.melody_from_audio(to_model_audio(pcm, sr, model.sample_rate, 1).to(model.device))
+    except AudioInputError as exc:
+        raise CommandError(BAD_AUDIO, str(exc)) from exc

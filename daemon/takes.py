@@ -1,6 +1,7 @@
 """Takes on disk, written while they play: `NNNN-kind.wav` (float, device rate), `NNNN-kind.codes.npy` (int16
 [K, T]: the prompt's frames, then the new ones), `NNNN-kind.json` (what made it, and how it went; `prompt_frames`
-says where the new frames begin) and, for a continuation, `NNNN-kind.prompt.wav` (the audio it continued).
+says where the new frames begin), for a continuation `NNNN-kind.prompt.wav` (the audio it continued) and, for a
+take that follows a melody, `NNNN-kind.melody.wav` (the audio its chroma was taken from).
 
 The codes file holds the prompt too because the new audio is decoded in the prompt's context: decoding the whole
 file and dropping `prompt_frames * hop` samples gives the take exactly, as the daemon streamed it.
@@ -61,7 +62,8 @@ class CodesFile:
 
 class TakeFiles:
     def __init__(self, folder: Path, take_id: int, kind: str, sample_rate: int, channels: int, n_q: int,
-                 meta: dict, prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None):
+                 meta: dict, prompt_codes: np.ndarray | None = None, prompt_audio: tuple[np.ndarray, int] | None = None,
+                 melody_audio: tuple[np.ndarray, int] | None = None):
         self.stem = folder / f"{take_id:04d}-{kind}"
         self.wav_path = self.stem.with_suffix(".wav")
         self.codes_path = self.stem.with_suffix(".codes.npy")
@@ -75,11 +77,12 @@ class TakeFiles:
             self.prompt_frames = prompt_codes.shape[1]
         self.meta = dict(meta, id=take_id, wav=self.wav_path.name, codes=self.codes_path.name, state="playing",
                          samples=0, frames=0, prompt_frames=self.prompt_frames)
-        if prompt_audio is not None:
-            pcm, sr = prompt_audio  # [C, n]
-            path = self.stem.with_suffix(".prompt.wav")
-            sf.write(str(path), pcm.T, sr, subtype="FLOAT")
-            self.meta["prompt_wav"] = path.name
+        for what, audio in (("prompt", prompt_audio), ("melody", melody_audio)):
+            if audio is not None:
+                pcm, sr = audio  # [C, n]
+                path = self.stem.with_suffix(f".{what}.wav")
+                sf.write(str(path), pcm.T, sr, subtype="FLOAT")
+                self.meta[f"{what}_wav"] = path.name
         self.samples = 0
         self.save_meta()
 

@@ -132,6 +132,7 @@ class Generate:
     seed: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     lane: int = 0  # a new take on a lane that is playing replaces it with a crossfade
+    melody: Source | None = None  # audio whose melody the take follows (MusicGen-Melody models)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class Continue:
     seed: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     lane: int = 0
+    melody: Source | None = None
 
 
 @dataclass(frozen=True)
@@ -305,25 +307,39 @@ def _sampling(f: _Fields) -> Sampling:
     return Sampling(f.take("temperature"), f.take("top_k"), f.take("top_p"), f.take("cfg"))
 
 
-def _source(f: _Fields, pcm: np.ndarray | None) -> Source:
-    kind = f.take("source", required=True, check=lambda k, v: _text(k, v, 16))
+def _source(f: _Fields, pcm: np.ndarray | None, kind_key: str = "source", prefix: str = "",
+            shared: Source | None = None) -> Source:
+    """The audio a field names: `source` for a continuation's prompt; `melody` (its other fields prefixed with
+    `melody_`) for the audio a take's melody is taken from. A melody from 'pcm' uses the request's PCM part, the
+    same audio as a pcm prompt when there is one (`shared`)."""
+    kind = f.take(kind_key, required=True, check=lambda k, v: _text(k, v, 16))
     if kind not in SOURCES:
-        raise CommandError(OUT_OF_RANGE, f"'source' must be one of {', '.join(SOURCES)}, got {kind!r}")
-    secs = f.take("last_seconds", check=lambda k, v: _number(k, v, 0.0, MAX_SECONDS, lo_open=True))
-    bars = f.take("last_bars", check=lambda k, v: _number(k, v, 0.0, MAX_BARS, lo_open=True))
+        raise CommandError(OUT_OF_RANGE, f"'{kind_key}' must be one of {', '.join(SOURCES)}, got {kind!r}")
+    secs = f.take(prefix + "last_seconds", check=lambda k, v: _number(k, v, 0.0, MAX_SECONDS, lo_open=True))
+    bars = f.take(prefix + "last_bars", check=lambda k, v: _number(k, v, 0.0, MAX_BARS, lo_open=True))
     if secs is not None and bars is not None:
-        raise CommandError(BAD_REQUEST, "give 'last_seconds' or 'last_bars', not both")
+        raise CommandError(BAD_REQUEST, f"give '{prefix}last_seconds' or '{prefix}last_bars', not both")
     if kind == "live":
         return LiveSource(secs, bars)
     if kind == "take":
-        return TakeSource(f.take("take", required=True), secs, bars)
+        return TakeSource(f.take(prefix + "take", required=True, check=lambda k, v: check_value("take", v)), secs,
+                          bars)
     if kind == "file":
-        return FileSource(f.take("path", required=True, check=lambda k, v: _text(k, v, 4096)), secs, bars)
+        return FileSource(f.take(prefix + "path", required=True, check=lambda k, v: _text(k, v, 4096)), secs, bars)
+    if isinstance(shared, PcmSource):
+        return PcmSource(shared.audio, shared.sample_rate, secs, bars)
     rate = f.take("sample_rate", required=True, check=lambda k, v: _number(k, v, 1000, 384000, integer=True))
     channels = f.take("channels", default=1, check=lambda k, v: _number(k, v, 1, 2, integer=True))
     if pcm is None:
-        raise CommandError(MISSING, "source 'pcm' needs the audio as a second message part (float32 samples)")
+        raise CommandError(MISSING, f"{kind_key} 'pcm' needs the audio as a second message part (float32 samples)")
     return PcmSource(pcm_from_bytes(pcm, channels), rate, secs, bars)
+
+
+def _melody(f: _Fields, pcm: np.ndarray | None, source: Source | None = None) -> Source | None:
+    if "melody" not in f.d or f.d["melody"] is None:
+        f.d.pop("melody", None)
+        return None
+    return _source(f, pcm, "melody", "melody_", source)
 
 
 def pcm_from_bytes(raw: bytes | np.ndarray, channels: int) -> np.ndarray:
@@ -352,10 +368,11 @@ def parse(d: Any, pcm: bytes | None = None) -> Command:
     f = _Fields(cmd, {k: v for k, v in d.items() if k != "cmd"})
     if cmd == "generate":
         out: Command = Generate(f.take("prompt", default=None), f.take("start"), _length(f), f.take("seed"),
-                                _sampling(f), f.take("lane", default=0))
+                                _sampling(f), f.take("lane", default=0), _melody(f, pcm))
     elif cmd == "continue":
-        out = Continue(_source(f, pcm), f.take("prompt", default=None), f.take("start"), _length(f), f.take("seed"),
-                       _sampling(f), f.take("lane", default=0))
+        source = _source(f, pcm)
+        out = Continue(source, f.take("prompt", default=None), f.take("start"), _length(f), f.take("seed"),
+                       _sampling(f), f.take("lane", default=0), _melody(f, pcm, source))
     elif cmd == "stop":
         out = Stop(f.take("take"), f.take("fade", default=0.05, check=lambda k, v: _number(k, v, 0.0, FADE_MAX)))
     elif cmd == "retry":

@@ -80,10 +80,11 @@ OUTGOING: tuple[tuple[str, str], ...] = (
 # `/segue/continue take take 3` the first `take` is the source).
 FIELD_NAMES = frozenset({"prompt", "start", "seconds", "bars", "endless", "seed", "temperature", "top_k", "top_p",
                          "cfg", "lane", "source", "take", "path", "last_seconds", "last_bars", "sample_rate",
-                         "channels", "fade", "bpm", "beats_per_bar", "beat", "prompt_seconds", "prompt_bars", "model"})
+                         "channels", "fade", "bpm", "beats_per_bar", "beat", "prompt_seconds", "prompt_bars", "model",
+                         "melody", "melody_take", "melody_path", "melody_last_seconds", "melody_last_bars"})
 
-INTEGER_KEYS = frozenset({"take", "seed", "top_k", "lane", "beats_per_bar", "sample_rate", "channels", "count", "n",
-                          "on", "port"})
+INTEGER_KEYS = frozenset({"take", "melody_take", "seed", "top_k", "lane", "beats_per_bar", "sample_rate", "channels",
+                          "count", "n", "on", "port"})
 BOOL_KEYS = frozenset({"endless"})
 
 

@@ -1,8 +1,10 @@
 """The rest of the family end to end on JACK: a stereo MusicGen (8 interleaved codebooks, two codec passes) served
 from the start, then `set model=` to an AudioGen-shaped model (audiocraft export, 16 kHz codec resampled to the
 device's 48 kHz) in the running process, each continuing the live loop on the bar line, exactly. Then a load that
-runs out of memory for real (the daemon's address space capped with prlimit): an error, and the model stays."""
+runs out of memory for real (the daemon's address space capped with prlimit): an error, and the model stays. Last,
+a MusicGen-Melody model follows the melody of the live input."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,8 +15,11 @@ import pytest
 import soundfile as sf
 
 import model_folders
-from jack_rig import continue_on_the_bar_line, song_rig
+from jack_rig import BAR, PERIOD, RATE, continue_on_the_bar_line, song_rig
 from segue.daemon.client import DaemonError
+from segue.models.audio import to_model_audio
+from segue.models.generation import Take
+from segue.models.lm.config import SamplingParams
 from segue.models.loading.builder import load_model
 
 pytestmark = pytest.mark.slow
@@ -67,3 +72,26 @@ def test_stereo_then_audiogen_on_jack_and_a_load_out_of_memory(folders, tmp_path
         assert st["model"] == str(folders["audiogen"]) and st["loading"] is None
         continue_on_the_bar_line(server, recorder, client, audiogen, seed=7)
         assert daemon.proc.poll() is None
+
+        # "Play a melody, get a song in it": a melody model follows the last two bars of the live input.
+        client.wait(client.request("set", model="demo-melody")["id"], timeout=120)
+        t0 = recorder.client.frame_time
+        done = client.wait(client.request("generate", prompt="piano", melody="live", melody_last_bars=2, bars=1,
+                                          start="next_bar", seed=3)["id"], timeout=60)
+        assert done["state"] == "done" and done["dropped"] == 0
+        recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
+        first, _ = recorder.loud_span(t0, recorder.last_frame)
+        assert min(first % BAR, BAR - first % BAR) <= PERIOD
+        take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
+        recorder.assert_heard(first, take)
+        tune, sr = sf.read(done["path"].replace(".wav", ".melody.wav"), dtype="float32", always_2d=True)
+        assert sr == RATE and len(tune) == 2 * BAR and np.abs(tune).max() > 0.01  # the loop as it was played
+        meta = json.loads(Path(done["path"].replace(".wav", ".json")).read_text())
+        assert meta["melody"]["source"] == "live" and meta["melody"]["separation"] == "full mix"
+        melody_model = load_model("demo-melody")
+        codes = np.load(done["path"].replace(".wav", ".codes.npy"))
+        offline = Take(melody_model, "piano", None, codes.shape[1], SamplingParams(seed=3),
+                       melody=melody_model.melody_from_audio(to_model_audio(tune.T, sr, 32000, 1)))
+        for _ in offline:
+            pass
+        np.testing.assert_array_equal(offline.new_codes(), codes)

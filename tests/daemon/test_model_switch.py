@@ -188,3 +188,91 @@ def test_loads_that_fail_leave_the_current_model(daemon, tmp_path, folders):
     assert st["model"] == str(folders["mono"]) and len(st["models"]) == 1
     done = client.wait(client.request("generate", seconds=0.2, start="now")["id"])
     assert done["state"] == "done"
+
+
+def test_takes_follow_a_melody_from_pcm_a_file_or_a_take(tmp_path):
+    """MusicGen-Melody in the daemon: the chroma of the audio named by `melody` conditions the take, whichever
+    source it comes from; the take equals an offline take made with that melody; a model without melody says so."""
+    from segue.models.generation import Take
+    from segue.models.lm.config import SamplingParams
+
+    model = load_model("demo-melody")
+    loops = tmp_path / "loops"
+    loops.mkdir()
+    engine = Engine(model, NullAudio(RATE, 2, 256), EngineConfig(tmp_path / "takes", (loops,)), emit=lambda ev: None)
+    engine.warm_up(0.2)
+    server = ZmqServer(engine, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    engine.emit = server.event
+    engine.mixer.publish = server.audio
+    engine.start()
+    server.start()
+    client = Client(server.endpoint, server.pub_endpoint)
+    time.sleep(0.3)
+    try:
+        t = np.arange(3 * RATE) / RATE
+        arpeggio = np.concatenate([0.4 * np.sin(2 * np.pi * f * t[: RATE]) for f in (261.6, 329.6, 392.0)])
+        tune = arpeggio.astype(np.float32)[:, None]  # [n, 1] C E G, a second each
+        sf.write(str(loops / "tune.wav"), tune, RATE, subtype="FLOAT")
+
+        def take(**fields):
+            return client.wait(client.request("generate", prompt="piano", seconds=0.5, start="now", seed=11,
+                                              **fields)["id"])
+
+        by_pcm = take(melody="pcm", sample_rate=RATE, pcm=tune)
+        by_file = take(melody="file", melody_path=str(loops / "tune.wav"))
+        other_tune = np.concatenate([0.4 * np.sin(2 * np.pi * f * t[:RATE]) for f in (370.0, 440.0, 277.2)])
+        other = take(melody="pcm", sample_rate=RATE, pcm=other_tune.astype(np.float32)[:, None])  # F# A C#
+        plain = take()
+        by_take = take(melody="take", melody_take=other["id"])
+        take_audio = sf.read(other["path"], dtype="float32", always_2d=True)[0]
+        by_its_pcm = take(melody="pcm", sample_rate=RATE, channels=2, pcm=take_audio)
+        codes = {k: np.load(ev["path"].replace(".wav", ".codes.npy")) for k, ev in dict(
+            pcm=by_pcm, file=by_file, other=other, plain=plain, take=by_take, its_pcm=by_its_pcm).items()}
+        np.testing.assert_array_equal(codes["pcm"], codes["file"])  # the same audio, the same take
+        np.testing.assert_array_equal(codes["take"], codes["its_pcm"])
+        assert not np.array_equal(codes["pcm"], codes["plain"]) and not np.array_equal(codes["pcm"], codes["other"])
+
+        meta = json.loads(Path(by_file["path"].replace(".wav", ".json")).read_text())
+        assert meta["melody"]["source"] == "file" and meta["melody"]["separation"] == "full mix"
+        assert abs(meta["melody"]["seconds"] - 3.0) < 0.2
+        heard, sr = sf.read(by_file["path"].replace(".wav", ".melody.wav"), dtype="float32", always_2d=True)
+        assert sr == RATE and np.array_equal(heard, tune)
+
+        # Offline, with the melody of the saved melody file: the same codes.
+        from segue.models.audio import to_model_audio
+
+        melody = model.melody_from_audio(to_model_audio(heard.T, sr, model.sample_rate, 1))
+        offline = Take(model, "piano", None, codes["file"].shape[1], SamplingParams(seed=11), melody=melody)
+        for _ in offline:
+            pass
+        np.testing.assert_array_equal(offline.new_codes(), codes["file"])
+
+        # A retry keeps the melody (in the snapshot, not computed again): retries of the two takes that followed the
+        # same melody are the same with the same seed, and not what the take without a melody gives.
+        def retry(ev):
+            done = client.wait(client.request("retry", take=ev["id"], seed=5, start="now")["id"])
+            return np.load(done["path"].replace(".wav", ".codes.npy"))
+
+        np.testing.assert_array_equal(retry(by_file), retry(by_pcm))
+        assert not np.array_equal(retry(by_file), retry(plain))
+
+    finally:
+        client.close()
+        server.close()
+        engine.close()
+
+
+def test_a_melody_for_a_model_without_one_is_refused(daemon):
+    _, client = daemon
+    rid = client.request("generate", melody="pcm", sample_rate=RATE, pcm=np.zeros((RATE, 1), np.float32))["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "bad_request" and "takes no melody" in e.value.reply["message"]
+    rid = client.request("set", model="demo-melody")["id"]
+    assert client.wait(rid)["model"]["kind"] == "musicgen-melody"
+    with pytest.raises(DaemonError) as e:
+        client.wait(client.request("generate", melody="take", melody_take=999)["id"])
+    assert e.value.code == "no_such_take"
+    done = client.wait(client.request("generate", melody="pcm", sample_rate=RATE, seconds=0.2, start="now",
+                                      pcm=np.zeros((RATE // 2, 1), np.float32))["id"])
+    assert done["state"] == "done"  # silence is a melody too: the null chroma, as the references make it

@@ -23,6 +23,24 @@ def test_every_command_parses():
         "a.wav", None, 2.0)
 
 
+def test_a_melody_comes_from_any_source():
+    assert v.parse({"cmd": "generate", "melody": "live", "melody_last_bars": 2}).melody == v.LiveSource(bars=2.0)
+    assert v.parse({"cmd": "generate", "melody": "take", "melody_take": 3}).melody == v.TakeSource(3)
+    cmd = v.parse({"cmd": "continue", "source": "live", "melody": "file", "melody_path": "tune.wav",
+                   "melody_last_seconds": 8})
+    assert cmd.source == v.LiveSource() and cmd.melody == v.FileSource("tune.wav", 8.0)
+    pcm = np.arange(6, dtype=np.float32)
+    gen = v.parse({"cmd": "generate", "melody": "pcm", "sample_rate": 32000}, pcm.tobytes())
+    np.testing.assert_array_equal(gen.melody.audio, pcm[None])
+    assert gen.melody.sample_rate == 32000
+    # continue source=pcm melody=pcm: one PCM part, both the prompt and the melody
+    both = v.parse({"cmd": "continue", "source": "pcm", "sample_rate": 44100, "melody": "pcm",
+                    "melody_last_seconds": 1}, pcm.tobytes())
+    assert both.melody.audio is both.source.audio and both.melody.seconds == 1.0 and both.source.seconds is None
+    assert v.parse({"cmd": "generate", "melody": None}).melody is None
+    assert v.parse({"cmd": "generate"}).melody is None
+
+
 def test_pcm_source_is_deinterleaved():
     pcm = np.arange(8, dtype=np.float32).reshape(4, 2)  # [n, C] interleaved on the wire
     cmd = v.parse({"cmd": "continue", "source": "pcm", "sample_rate": 44100, "channels": 2}, pcm.tobytes())
@@ -49,6 +67,16 @@ def test_pcm_source_is_deinterleaved():
     ({"cmd": "continue", "source": "radio"}, v.OUT_OF_RANGE),
     ({"cmd": "continue", "source": "live", "last_bars": 2, "last_seconds": 3}, v.BAD_REQUEST),
     ({"cmd": "continue", "source": "pcm", "sample_rate": 48000}, v.MISSING),
+    ({"cmd": "generate", "melody": "radio"}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "melody": 3}, v.BAD_TYPE),
+    ({"cmd": "generate", "melody": "take"}, v.MISSING),
+    ({"cmd": "generate", "melody": "take", "melody_take": 0}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "melody": "file"}, v.MISSING),
+    ({"cmd": "generate", "melody": "pcm", "sample_rate": 48000}, v.MISSING),
+    ({"cmd": "generate", "melody": "live", "melody_last_bars": 1, "melody_last_seconds": 2}, v.BAD_REQUEST),
+    ({"cmd": "generate", "melody_take": 2}, v.UNKNOWN_FIELD),
+    ({"cmd": "set", "model": ""}, v.BAD_TYPE),
+    ({"cmd": "set", "model": 7}, v.BAD_TYPE),
     ({"cmd": "set"}, v.MISSING),
     ({"cmd": "set", "volume": 3}, v.UNKNOWN_FIELD),
     ({"cmd": "tempo"}, v.MISSING),
