@@ -85,3 +85,28 @@ def test_low_precision_runs_close_to_float32(tiny, dtype):
         outs.append(m.lm(ids, st, last_only=False))
     assert outs[1].dtype == torch.float32  # logits are always float32 for sampling
     assert ((outs[0] - outs[1]).abs().max() / outs[0].abs().max()) < 0.05
+
+
+def test_mono_prompt_to_a_stereo_model_and_stereo_to_mono_do_what_the_references_do(tiny, tiny_segue, tiny_stereo):
+    """A mono prompt to a stereo model: transformers' forward encodes it once and repeats each codebook for L and R
+    (its generate() refuses mono input for a stereo model); audiocraft's convert_audio duplicates the channel,
+    which encodes to the same codes. A stereo prompt to a mono model is averaged (audiocraft's convert_audio)."""
+    from segue.models.audio import to_model_audio
+    from segue.models.generation import prompt_codes
+
+    hf, tok, folder = tiny_stereo
+    stereo = load_model(str(folder))
+    mono_audio = (torch.randn(1, 1, 640 * 6) * 0.2).numpy()
+    codes = prompt_codes(stereo, to_model_audio(mono_audio[0], 32000, 32000, 2))
+    assert torch.equal(codes[:, 0::2], codes[:, 1::2])  # L and R codebooks are the same
+    with torch.no_grad():
+        once = hf.audio_encoder.encode(torch.from_numpy(mono_audio), bandwidth=2.2).audio_codes[0]  # [1, 4, T]
+    assert torch.equal(codes, once.repeat_interleave(2, dim=1))
+    ref = support.hf_greedy_codes(hf, tok, "strings", 12, audio=torch.from_numpy(mono_audio).repeat(1, 2, 1))
+    assert torch.equal(support.generate_frames(stereo, ["strings"], 9, codes), ref)
+
+    hf_mono, tok_mono, _ = tiny
+    two = torch.randn(1, 2, 640 * 6) * 0.2
+    codes = prompt_codes(tiny_segue, to_model_audio(two[0].numpy(), 32000, 32000, 1))
+    ref = support.hf_greedy_codes(hf_mono, tok_mono, "strings", 12, audio=two.mean(1, keepdim=True))
+    assert torch.equal(support.generate_frames(tiny_segue, ["strings"], 9, codes), ref)
