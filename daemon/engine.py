@@ -17,8 +17,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -29,68 +28,17 @@ from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
 from segue.daemon.model_slot import Loaded, ModelLoader, warm_up
 from segue.daemon.playback import Mixer, Voice
+from segue.daemon.session import Defaults, EngineConfig
 from segue.daemon.sources import encode_prompt, follow_melody, prompt_audio
 from segue.daemon.take_stream import Run
 from segue.daemon.takes import TakeFiles, list_takes
 from segue.daemon.vocabulary import (BUSY, INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue,
-                                     Generate, Length, Retry, Sampling, Set, Start, Stop, Tempo)
+                                     Generate, Length, Retry, Set, Start, Stop, Tempo)
 from segue.models.errors import SegueError
 from segue.models.generation import Take, TakeSnapshot, pump_takes
-from segue.models.lm.config import SamplingParams
 from segue.models.musicgen import MusicGen
 
 log = logging.getLogger("segue.engine")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    takes_dir: Path
-    allowed_dirs: tuple[Path, ...] = ()  # folders `continue source=file` may read (the takes folder always)
-    chunk_frames: int = 5  # frames per decoded chunk (100 ms at 50 Hz): the unit of latency and of loss on a crash
-    crossfade: float = 0.05  # seconds, when a take replaces the one playing on its lane
-    end_fade: float = 0.005  # seconds of release at the end of a finite take (no click at the cut)
-    max_lead: float = 10.0  # seconds an endless take may run ahead of the playhead
-    pace: str = "realtime"  # "asap": no playback, render takes as fast as possible
-    max_takes: int = 8  # takes generating at once
-    # Seconds of mix the bus holds ahead of the playhead at least: the engine thread must never stall longer (the
-    # audio callback runs in its own process and does not compete with it). While something sounds, a fade or a
-    # new take can act only past what is mixed, so lower is snappier; silence ahead is mixed again for a new take.
-    min_horizon: float = 0.05
-    # LM streams (KV caches: ~0.6 GB each for musicgen-small in float32) kept allocated between takes, so a request
-    # never waits for one to be allocated and zeroed. Allocated at warm-up.
-    stream_pool: int = 2
-    # Models kept loaded after `set model=` replaced them (0: an old model goes once its last take has ended), so
-    # that switching back is instant. Each costs its weights and its idle streams in memory.
-    keep_models: int = 0
-
-
-@dataclass
-class Defaults:
-    """Session defaults, changed by `set`."""
-
-    prompt: str | None = None
-    temperature: float = 1.0
-    top_k: int = 250
-    top_p: float = 0.0
-    cfg: float = 3.0
-    seconds: float | None = None
-    bars: float | None = 4.0
-    endless: bool = False
-    prompt_seconds: float = 10.0
-    prompt_bars: float | None = None
-    start: Start = field(default_factory=lambda: Start("next_bar"))
-
-    def sampling(self, over: Sampling, seed: int | None) -> SamplingParams:
-        pick = lambda a, b: b if a is None else a  # noqa: E731
-        return SamplingParams(pick(over.temperature, self.temperature), pick(over.top_k, self.top_k),
-                              pick(over.top_p, self.top_p), pick(over.cfg, self.cfg), seed)
-
-    def length(self, given: Length | None) -> Length:
-        if given is not None:
-            return given
-        if self.endless:
-            return Length()
-        return Length(seconds=self.seconds) if self.seconds is not None else Length(bars=self.bars)
 
 
 @dataclass(frozen=True)
@@ -516,15 +464,7 @@ class Engine:
             if values:
                 self._set(None, Set(values))
             return  # the model loads meanwhile; its `done` (or error) comes when it is in
-        d = self.defaults
-        if "seconds" in values:
-            d.bars, d.endless = None, False
-        if "bars" in values:
-            d.seconds, d.endless = None, False
-        if "prompt_seconds" in values:
-            d.prompt_bars = None
-        for k, v in values.items():
-            setattr(d, k, v)
+        self.defaults.apply(values)
         knobs = {k: values[k] for k in ("temperature", "top_k", "top_p", "cfg") if k in values}
         if knobs:
             params = {("cfg_coef" if k == "cfg" else k): v for k, v in knobs.items()}  # SamplingParams' names
@@ -588,7 +528,6 @@ class Engine:
 
     def _publish_state(self) -> None:
         m = self.model
-        d = self.defaults
         models = [s.describe() | dict(current=s is self.current, takes=sum(r.slot is s for r in self.runs))
                   for s in self.loaded]
         self._status = dict(
@@ -602,8 +541,7 @@ class Engine:
                        beat=round(self.grid.beat_at(self.audio.now()), 3), source=self.tempo_source),
             takes=[dict(id=r.id, state=r.state, start=r.voice.start, generating=r.generating, lane=r.voice.lane)
                    for r in self.runs],
-            defaults={k: (v.describe() if isinstance(v, Start) else v) for k, v in asdict(d).items()
-                      if k != "start"} | dict(start=d.start.describe()),
+            defaults=self.defaults.describe(),
             takes_dir=str(self.cfg.takes_dir))
         if self._changed:
             self._takes = list_takes(self.cfg.takes_dir, 50)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segue.daemon.audio_io import AudioConfig, open_audio
-from segue.daemon.engine import Engine, EngineConfig
+from segue.daemon.engine import Engine
+from segue.daemon.session import EngineConfig
 from segue.daemon.zmq_transport import ZmqServer
 from segue.models.errors import SegueError
 

@@ -509,7 +509,8 @@ def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: 
     """A warmed-up engine on the no-device clock (`--audio-device none`) and the transport `make_transport(engine)`
     builds for it, both running -> (engine, transport). Close the transport, then the engine."""
     from segue.daemon.audio_io import NullAudio
-    from segue.daemon.engine import Engine, EngineConfig
+    from segue.daemon.engine import Engine
+    from segue.daemon.session import EngineConfig
 
     transports = []
     engine = Engine(model, NullAudio(rate, 2, 256), EngineConfig(takes, allowed),

@@ -15,7 +15,8 @@ import torch
 import model_folders
 from segue.daemon.audio_io import NullAudio
 from segue.daemon.client import Client, DaemonError
-from segue.daemon.engine import Engine, EngineConfig
+from segue.daemon.engine import Engine
+from segue.daemon.session import EngineConfig
 from segue.daemon.model_slot import checked_load
 from segue.daemon.zmq_transport import ZmqServer
 from segue.models.loading.builder import load_model
