@@ -18,6 +18,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import melody_support  # noqa: E402
 import support  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def demo():
 @pytest.fixture(scope="session")
 def tiny_melody(tmp_path_factory):
     """(transformers model, tokenizer, folder) for a tiny mono MusicGen-Melody (chroma_length 235)."""
-    model, tok = support.hf_musicgen_melody(seed=0)
+    model, tok = melody_support.hf_musicgen_melody(seed=0)
     folder = support.save_musicgen(model, tok, tmp_path_factory.mktemp("tiny-musicgen-melody"))
     return model, tok, folder
 

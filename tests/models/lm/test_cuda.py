@@ -7,6 +7,7 @@ test_stream.py::test_static_step_equals_eager_step.
 import pytest
 import torch
 
+import melody_support
 import support
 from segue.models.lm.config import SamplingParams
 from segue.models.loading.builder import load_model
@@ -75,7 +76,7 @@ def test_step_streams_mixes_graph_and_eager_streams(tiny):
 def test_melody_graph_step_equals_eager_step_and_replays(tiny_melody):
     """MusicGen-Melody on the device: the prefix in the captured cache, no cross-attention in the graph."""
     model = load_model(str(tiny_melody[2]), "cuda", torch.float32)
-    melody = support.one_hot_chroma([(5 * i) % 12 for i in range(30)]).cuda()
+    melody = melody_support.one_hot_chroma([(5 * i) % 12 for i in range(30)]).cuda()
     runs = []
     for graphs in (True, False):
         s = model.stream(1, SamplingParams(top_k=1), cuda_graphs=graphs)

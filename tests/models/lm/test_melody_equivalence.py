@@ -1,11 +1,12 @@
 """MusicGen-Melody loaded by segue against transformers' MusicgenMelodyForConditionalGeneration (5.23), on tiny
 random weights: full-sequence logits, and greedy CFG tokens against transformers' generation run without its KV
-cache (support.hf_melody_greedy_codes), in both published layouts."""
+cache (melody_support.hf_melody_greedy_codes), in both published layouts."""
 
 import numpy as np
 import pytest
 import torch
 
+import melody_support
 import support
 from segue.models.lm.prefix import write_prefix
 from segue.models.lm.state import LMState
@@ -42,7 +43,7 @@ def prefilled_logits(model, texts, ids, chroma):
 def test_logits_match_transformers_over_the_whole_sequence(tiny_melody, tiny_melody_segue, frames):
     hf, tok, _ = tiny_melody
     text = "warm analog pads, 90 bpm"
-    chroma = None if frames is None else support.one_hot_chroma([(5 * i + 2) % 12 for i in range(frames)])
+    chroma = None if frames is None else melody_support.one_hot_chroma([(5 * i + 2) % 12 for i in range(frames)])
     inputs = tok([text], return_tensors="pt")
     ids = torch.randint(0, 2049, (1, 4, 12))  # random tokens, the special one included
     with torch.no_grad():
@@ -59,18 +60,18 @@ def test_transformers_generate_honours_the_melody(tiny_melody):
     (huggingface/transformers#45647: the melody ignored with the cache, fix in PR #45738) does not reproduce here.
     segue is still checked against the cache-free loop, which is correct on every version."""
     hf, tok, _ = tiny_melody
-    a = support.one_hot_chroma([i % 12 for i in range(40)])
-    b = support.one_hot_chroma([(7 * i + 3) % 12 for i in range(40)])
-    gen_a = support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=a)
-    gen_b = support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=b)
+    a = melody_support.one_hot_chroma([i % 12 for i in range(40)])
+    b = melody_support.one_hot_chroma([(7 * i + 3) % 12 for i in range(40)])
+    gen_a = melody_support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=a)
+    gen_b = melody_support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=b)
     assert not torch.equal(gen_a, gen_b), "generate() ignored the melody (transformers#45647)"
-    assert torch.equal(gen_a, support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=a))
-    assert torch.equal(gen_b, support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=b))
+    assert torch.equal(gen_a, melody_support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=a))
+    assert torch.equal(gen_b, melody_support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=b))
 
 
 def test_greedy_with_a_melody_from_audio_matches_transformers(tiny_melody, tiny_melody_segue, arpeggio_chroma):
     hf, tok, _ = tiny_melody
-    ref = support.hf_melody_greedy_codes(hf, tok, "lead synth", 18, chroma=arpeggio_chroma)
+    ref = melody_support.hf_melody_greedy_codes(hf, tok, "lead synth", 18, chroma=arpeggio_chroma)
     ours = support.generate_frames(tiny_melody_segue, ["lead synth"], 15, chroma=arpeggio_chroma)
     assert torch.equal(ours, ref)
     other = support.generate_frames(tiny_melody_segue, ["lead synth"], 15, chroma=arpeggio_chroma.roll(3, -1))
@@ -79,7 +80,7 @@ def test_greedy_with_a_melody_from_audio_matches_transformers(tiny_melody, tiny_
 
 def test_greedy_text_only_uses_the_null_melody_as_transformers(tiny_melody, tiny_melody_segue):
     hf, tok, _ = tiny_melody
-    ref = support.hf_melody_greedy_codes(hf, tok, "a bright marimba loop", 16)
+    ref = melody_support.hf_melody_greedy_codes(hf, tok, "a bright marimba loop", 16)
     assert torch.equal(support.generate_frames(tiny_melody_segue, ["a bright marimba loop"], 13), ref)
 
 
@@ -87,7 +88,7 @@ def test_greedy_continuation_with_a_melody_matches_transformers(tiny_melody, tin
     hf, tok, _ = tiny_melody
     model = tiny_melody_segue
     prompt = model.encode(torch.randn(1, 1, 640 * 9 + 123) * 0.2)
-    ref = support.hf_melody_greedy_codes(hf, tok, "jazz drums", 14, chroma=arpeggio_chroma, prompt=prompt)
+    ref = melody_support.hf_melody_greedy_codes(hf, tok, "jazz drums", 14, chroma=arpeggio_chroma, prompt=prompt)
     assert torch.equal(ref[..., : prompt.shape[-1]], prompt)
     assert torch.equal(support.generate_frames(model, ["jazz drums"], 11, prompt, chroma=arpeggio_chroma), ref)
 
@@ -97,7 +98,7 @@ def test_batched_texts_of_different_lengths_match_transformers(tiny_melody, tiny
     hf, tok, _ = tiny_melody
     texts = ["kick", "a long description of a slow ambient piece"]
     chroma = torch.cat([arpeggio_chroma, arpeggio_chroma.roll(5, -1)])
-    ref = support.hf_melody_greedy_codes(hf, tok, texts, 14, chroma=chroma)
+    ref = melody_support.hf_melody_greedy_codes(hf, tok, texts, 14, chroma=chroma)
     assert torch.equal(support.generate_frames(tiny_melody_segue, texts, 11, chroma=chroma), ref)
 
 
@@ -117,10 +118,10 @@ def test_audiocraft_export_gives_the_same_tokens(tiny_melody, tiny_melody_segue,
 def test_stereo_melody_matches_transformers_in_both_layouts(tmp_path, arpeggio_chroma):
     """musicgen-stereo-melody: 8 codebooks, delays [0, 0, 1, 1, 2, 2, 3, 3], left / right through the mono codec;
     its audiocraft export points at a transformers EnCodec (the 589-byte compression file)."""
-    hf, tok = support.hf_musicgen_melody(stereo=True, seed=1)
+    hf, tok = melody_support.hf_musicgen_melody(stereo=True, seed=1)
     model = load_model(str(support.save_musicgen(hf, tok, tmp_path / "stereo-melody")))
     assert model.channels == 2 and model.lm.cfg.delays == (0, 0, 1, 1, 2, 2, 3, 3) and model.takes_melody
-    ref = support.hf_melody_greedy_codes(hf, tok, "stereo strings", 14, chroma=arpeggio_chroma)
+    ref = melody_support.hf_melody_greedy_codes(hf, tok, "stereo strings", 14, chroma=arpeggio_chroma)
     assert ref.shape == (1, 8, 11)
     assert torch.equal(support.generate_frames(model, ["stereo strings"], 11, chroma=arpeggio_chroma), ref)
     hf.audio_encoder.save_pretrained(str(tmp_path / "encodec_32khz"))

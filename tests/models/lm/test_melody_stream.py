@@ -5,6 +5,7 @@ re-prompt feeds the prefix into the new context a chunk per step and hands over 
 import pytest
 import torch
 
+import melody_support
 import support
 from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.pattern import columns_from_frames
@@ -27,7 +28,7 @@ def melody_model():
 
 
 def chroma(T: int, step: int = 5, batch: int = 1) -> torch.Tensor:
-    return torch.cat([support.one_hot_chroma([(step * i + b) % 12 for i in range(T)]) for b in range(batch)])
+    return torch.cat([melody_support.one_hot_chroma([(step * i + b) % 12 for i in range(T)]) for b in range(batch)])
 
 
 def stream(model, batch=1, sampling=SamplingParams(seed=1), max_text=16, replan=REPLAN):
