@@ -402,14 +402,16 @@ def offline_take(model, wav_path: str, rate: int, channel: int = 0) -> np.ndarra
 
 def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: int = 48000):
     """A warmed-up engine on the no-device clock (`--audio-device none`) and the transport `make_transport(engine)`
-    builds for it, both running -> (engine, transport). Close the transport, then the engine."""
+    builds for it, both running -> (engine, transport). Close the transport, then the engine. `set model=` loads
+    on the CPU in float32."""
     from segue.daemon.audio_io import NullAudio
     from segue.daemon.engine import Engine
     from segue.daemon.session import EngineConfig
+    from segue.models.loading.builder import load_model
 
     transports = []
     engine = Engine(model, NullAudio(rate, 2, 256), EngineConfig(takes, allowed),
-                    emit=lambda ev: transports and transports[0].event(ev))
+                    emit=lambda ev: transports and transports[0].event(ev), load=load_model)
     engine.warm_up(0.2)
     transports.append(make_transport(engine))
     engine.start()

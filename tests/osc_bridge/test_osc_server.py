@@ -99,6 +99,38 @@ def test_sync_status_and_refusals(osc):
     p.close()
 
 
+def test_switch_to_a_melody_model_and_follow_a_melody_over_osc(osc, tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    engine, server = osc
+    tune = tmp_path / "takes" / "tune.wav"
+    t = np.arange(RATE) / RATE
+    sf.write(str(tune), (0.3 * np.sin(2 * np.pi * 392.0 * t)).astype(np.float32), RATE)
+    p = Peer(server.address)
+    p.send("/segue/set", "model", "demo-melody")
+    _, (cmd, rid) = p.recv("/segue/done")
+    assert cmd == "set"
+    deadline = time.monotonic() + 60
+    while engine.status()["model"] != "demo-melody":
+        assert time.monotonic() < deadline, "the model was never switched"
+        time.sleep(0.05)
+    p.send("/segue/notify", 1)
+    p.recv("/segue/done")
+    p.send("/segue/generate", "piano", "melody", "file", "melody_path", str(tune), "seconds", 0.3, "start", "now")
+    _, (cmd, rid) = p.recv("/segue/done")
+    _, (path, done_id, state) = p.recv("/segue/take/done")
+    assert done_id == rid and state == "done" and path.endswith(".wav")
+    p.send("/segue/generate", "melody", "take", "melody_take", rid, "seconds", 0.3, "start", "now")
+    _, (cmd, rid2) = p.recv("/segue/done")
+    _, (path, done_id, state) = p.recv("/segue/take/done")
+    assert done_id == rid2 and state == "done"
+    p.send("/segue/set", "model", "")
+    _, (cmd, message, code) = p.recv("/segue/fail")
+    assert (cmd, code) == ("set", "bad_type")
+    p.close()
+
+
 def test_a_bundle_in_the_future_starts_the_take_then(osc):
     engine, server = osc
     p = Peer(server.address)
