@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -67,42 +68,128 @@ def free_gib() -> float:
     return 0.0
 
 
+class CpuShare:
+    """Share of the machine's CPU time that other processes used since creation (/proc/stat minus this
+    process's own time): how shared the box was while a measurement ran. None where /proc/stat is missing."""
+
+    def __init__(self):
+        self.start = self._now()
+
+    @staticmethod
+    def _now():
+        try:
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        t = os.times()
+        return time.monotonic(), busy, t.user + t.system
+
+    def others(self) -> float | None:
+        now = self._now()
+        if self.start is None or now is None or now[0] <= self.start[0]:
+            return None
+        wall, busy, own = (b - a for a, b in zip(self.start, now))
+        return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+# (shape, dtype, [(take seconds, trials)]), the large shapes last; one shape's weights are held at a time.
+LM_CPU = [
+    ("small", torch.float32, [(10, 3), (30, 1)]),
+    ("small", torch.bfloat16, [(2, 1)]),
+    ("stereo-small", torch.float32, [(4, 2)]),
+    ("medium", torch.float32, [(2, 1)]),
+    ("stereo-medium", torch.float32, [(2, 1)]),
+    ("audiogen-medium", torch.float32, [(2, 1)]),
+    ("melody", torch.float32, [(2, 1)]),
+    ("large", torch.float32, [(1, 1)]),
+    ("stereo-large", torch.float32, [(1, 1)]),
+    ("melody-large", torch.float32, [(1, 1)]),
+]
+LM_CPU_QUICK = [("small", torch.float32, [(4, 1)])]
+LM_CUDA = ([(shape, torch.bfloat16, [(10, 3), (30, 1)]) for shape in ("small", "medium", "large")]
+           + [(shape, torch.bfloat16, [(10, 2)]) for shape in ("stereo-small", "stereo-medium", "stereo-large",
+                                                               "melody", "melody-large", "audiogen-medium")]
+           + [("small", torch.float32, [(10, 2)])])
+
+
 def lm_rows(shape, device, dtype, plan):
+    share = CpuShare()
+    out = lm_speed.compare(shape, device, dtype, plan)
+    others = share.others()
     rows = []
-    for secs, trials in plan:
-        results, floor = lm_speed.compare(shape, device, dtype, [secs], trials)
-        for _, mine, theirs in results:
-            ratios = [m.steps_per_s / t.steps_per_s for m, t in zip(mine, theirs)]
-            rows.append(dict(shape=shape, device=device.type, dtype=str(dtype).replace("torch.", ""), seconds=secs,
-                             trials=trials, segue=statistics.median(m.ms_per_step for m in mine),
-                             segue_rtf=statistics.median(m.rtf for m in mine), floor=floor,
-                             hf=statistics.median(t.ms_per_step for t in theirs),
-                             ratio=statistics.median(ratios), ratios=ratios))
-            print(rows[-1], flush=True)
+    for secs, mine, theirs in out["takes"]:
+        ratios = [m.steps_per_s / t.steps_per_s for m, t in zip(mine, theirs)]
+        rows.append(dict(shape=shape, device=device.type, dtype=str(dtype).replace("torch.", ""), seconds=secs,
+                         trials=len(mine), segue=statistics.median(m.ms_per_step for m in mine),
+                         segue_rtf=statistics.median(m.rtf for m in mine),
+                         segue_mean=statistics.median(m.mean_ms for m in mine),
+                         segue_prefill=1000 * statistics.median(m.prefill_s for m in mine),
+                         floor=out["floor_ms"], floor_gb=out["floor_bytes"] / 1e9, hf_gb=out["hf_bytes"] / 1e9,
+                         hf=statistics.median(t.ms_per_step for t in theirs),
+                         hf_mean=statistics.median(t.mean_ms for t in theirs),
+                         hf_prefill=1000 * statistics.median(t.prefill_s for t in theirs),
+                         prefill_positions=out["prefill_tokens"], text_tokens=out["text_tokens"],
+                         ratio=statistics.median(ratios), ratios=ratios, other_cpu=others,
+                         per_step="median" if mine[0].step_ms else "mean"))
+        print(rows[-1], flush=True)
     return rows
 
 
-def alone_row(shape, device, dtype, secs):
-    result, floor = lm_speed.segue_alone(shape, device, dtype, secs)
-    row = dict(shape=shape, device=device.type, dtype=result.dtype, seconds=secs, trials=1, segue=result.ms_per_step,
-               segue_rtf=result.rtf, floor=floor, hf=None, ratio=None, ratios=[])
-    print(row, flush=True)
-    return row
+def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = None) -> dict:
+    """The LM section: every shape this machine can hold, each compared with transformers on one weight copy."""
+    cpu = torch.device("cpu")
+    plans = [(cpu, p) for p in (LM_CPU_QUICK if quick else LM_CPU)]
+    if torch.cuda.is_available():
+        plans += [(torch.device("cuda"), p) for p in LM_CUDA]
+    rows, skipped = [], []
+    share = CpuShare()
+    bandwidth = lm_speed.copy_bandwidth(cpu)
+    for device, (shape, dtype, plan) in plans:
+        if shapes and shape not in shapes:
+            continue
+        need = lm_speed.memory_needed(shape, dtype) / 2**30
+        free = free_gib() if device.type == "cpu" else torch.cuda.mem_get_info(device)[0] / 2**30
+        if free < need:
+            skipped.append(f"{shape} ({device.type}, {str(dtype).replace('torch.', '')}): needs ~{need:.0f} GiB "
+                           f"(one weight copy shared by both sides, segue's preallocated cache), {free:.0f} GiB free")
+            print(skipped[-1], flush=True)
+            continue
+        rows += lm_rows(shape, device, dtype, plan)
+    if quick:
+        skipped.append("the other LM shapes: --quick run")
+    if not torch.cuda.is_available():
+        skipped.append("the LM on CUDA (bf16 steps, CUDA-graph step time, the 1.5 ms/step target) and the codec on "
+                       "CUDA: this machine has no GPU, and none was lent to the issues that measured it")
+    skipped.append("musicgen-stereo-melody and -stereo-melody-large: not asked for (a melody LM with 8 codebooks)")
+    return dict(info=machine(), rows=rows, skipped=skipped, copy_gbs=bandwidth, other_cpu=share.others(),
+                note=note)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small shape, short takes")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["daemon", "batch"], default=None,
+    ap.add_argument("--only", choices=["lm", "daemon", "batch"], default=None,
                     help="measure one section again; the others are kept from bench/last_run.json")
+    ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
+    ap.add_argument("--note", default=None, help="what else ran on the machine (written next to the LM section's "
+                    "measured share of other processes' CPU time)")
     args = ap.parse_args()
-    raw = ROOT / "bench" / "last_run.json"
+    raw = Path(args.raw)
+    shapes = args.shapes.split(",") if args.shapes else None
+    if shapes and set(shapes) - set(lm_speed.SHAPES):
+        ap.error(f"unknown shapes {sorted(set(shapes) - set(lm_speed.SHAPES))}; known: {', '.join(lm_speed.SHAPES)}")
     if args.render or args.only:
         data = json.loads(raw.read_text())
-        if args.only:
+        _upgrade(data)
+        if args.only == "lm":
+            data["lm"] = measure_lm(args.quick, shapes, args.note)
+        elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
+        if args.only:
             raw.write_text(json.dumps(data, indent=1) + "\n")
         Path(args.out).write_text(render(**data))
         print(f"wrote {args.out} from {raw}")
@@ -113,36 +200,21 @@ def main() -> None:
     sections = {name: dict(info=info, result=fn(args.quick)) for name, fn in SECTIONS.items()}
     codec_cpu = codec_speed.measure(cpu, 4.0 if args.quick else 10.0)
     print(codec_cpu, flush=True)
-    rows, skipped = [], []
-    rows += lm_rows("small", cpu, torch.float32, [(4, 1)] if args.quick else [(10, 3), (30, 1)])
-    rows += lm_rows("small", cpu, torch.bfloat16, [(2, 1)])
-    if args.quick:
-        skipped.append("medium and large shapes: --quick run")
-    else:
-        if free_gib() > 17:  # two float32 copies (transformers' and segue's), 7.4 GB each
-            rows += lm_rows("medium", cpu, torch.float32, [(2, 1)])
-        else:
-            skipped.append(f"medium on CPU: two float32 copies need ~16 GiB, {free_gib():.0f} GiB free")
-        if free_gib() > 14.5:  # one float32 copy, 13 GB: segue alone
-            rows.append(alone_row("large", cpu, torch.float32, 1))
-            skipped.append("large against transformers on CPU: two float32 copies need ~26 GiB of this machine's "
-                           "24 GiB; segue was measured alone")
-        else:
-            skipped.append(f"large on CPU: one float32 copy needs ~13.5 GiB, {free_gib():.0f} GiB free")
-    codec_gpu = None
-    if torch.cuda.is_available():
-        gpu = torch.device("cuda")
-        codec_gpu = codec_speed.measure(gpu)
-        for shape in ("small", "medium", "large"):
-            rows += lm_rows(shape, gpu, torch.bfloat16, [(10, 3), (30, 1)])
-        rows += lm_rows("small", gpu, torch.float32, [(10, 2)])
-    else:
-        skipped.append("everything on CUDA (bf16 steps, CUDA-graph step time, the 1.5 ms/step target): this "
-                       "machine has no GPU, and none was lent to the issue that added the benchmark")
-    data = dict(info=info, codec_cpu=codec_cpu, codec_gpu=codec_gpu, rows=rows, skipped=skipped, **sections)
+    codec_gpu = codec_speed.measure(torch.device("cuda")) if torch.cuda.is_available() else None
+    lm = measure_lm(args.quick, shapes, args.note)
+    lm["info"] = info
+    data = dict(info=info, codec_cpu=codec_cpu, codec_gpu=codec_gpu, lm=lm, **sections)
     raw.write_text(json.dumps(data, indent=1) + "\n")
     Path(args.out).write_text(render(**data))
     print(f"wrote {args.out} and {raw}")
+
+
+def _upgrade(data: dict) -> None:
+    """A last_run.json from before the LM section had its own record: its rows become that section."""
+    if "rows" in data:
+        data["lm"] = dict(info=data["info"], rows=data.pop("rows"), skipped=data.pop("skipped", []), copy_gbs=None,
+                          other_cpu=None)
+    data.pop("skipped", None)
 
 
 def _batch(quick: bool) -> list[dict]:
@@ -200,38 +272,93 @@ def render_batch(sec: dict, info: dict) -> list[str]:
     return lines
 
 
-def render(info, codec_cpu, codec_gpu, rows, skipped, daemon=None, batch=None) -> str:
-    lines = ["# Benchmarks", "",
-             "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
-             "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
-             "runs.", "",
-             "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += ["", "## LM decode: segue vs transformers `generate`", "",
-              "Random weights with the real MusicGen decoder shapes (small 1024/16/24, medium 1536/24/48, large "
-              "2048/32/48), CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 gives 12 "
-              "for 'dub techno, deep chords, 120 bpm'). A step is one "
-              "column of 4 tokens; real time needs 50 steps/s (RTF >= 1). Medians over the trials.", "",
-              "The weight floor is the bare GEMMs of one segue step over the same weights (best of 5): what "
-              "reading the weights costs here. With cross-attention folded segue no longer reads `cq` and `co`; "
-              "transformers does, so about a seventh more weight traffic is inside its time above the floor.", "",
-              "| shape | device | dtype | take | trials | segue ms/step | segue RTF | weight floor ms/step | "
-              "transformers ms/step | above the floor: segue / transformers ms | segue / transformers steps/s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+def _f(x, fmt: str = ".1f", none: str = "-") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def _shapes_text() -> str:
+    names = {"small": "small", "medium": "medium", "large": "large"}
+    mono = ", ".join(f"{names[n]} {s.dim}/{s.heads}/{s.layers}" for n, s in lm_speed.SHAPES.items() if n in names)
+    return (f"Random weights with the published MusicGen decoder shapes (dim/heads/layers: {mono}; `stereo-*` the "
+            "same with 8 codebooks, delays [0, 0, 1, 1, 2, 2, 3, 3], 8 embedding tables and 8 heads; `melody` "
+            "(musicgen-melody, medium scale) and `melody-large` with no cross-attention and the 235 chroma frames "
+            "plus the text prepended, compared with transformers' `MusicgenMelodyForConditionalGeneration` given "
+            "the same one-hot chroma; `audiogen-medium`: MusicGen's medium LM with a 10 s context, T5-large-wide "
+            "text and a 16 kHz codec; transformers has no AudioGen, so its reference is transformers' MusicGen with "
+            "the identical LM shape). CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 "
+            "gives 12 for 'dub techno, deep chords, 120 bpm'). A step is one column of 4 tokens (8 in stereo); real "
+            "time needs 50 steps/s (RTF >= 1).")
+
+
+def render_lm(lm: dict, info: dict) -> list[str]:
+    rows = lm["rows"]
+    lines = ["", "## LM decode: segue vs transformers `generate`", "", _section_info(lm, info) + _shapes_text(), "",
+             "Both sides read ONE copy of the weights: segue's LM is made from the transformers model's state dict by "
+             "segue's own loader mapping, and transformers' q/k/v projections, embeddings and heads are then pointed "
+             "at segue's packed tensors (the rest is shared as it is). So the large shapes fit on a machine that "
+             "holds them once, and both read the same bytes. Takes alternate between the two, in one process. Each "
+             "take is timed in two parts: the prefill (the first forward: conditioning and prompt, for melody the "
+             "chroma and text prefix; transformers' MusicGen `generate` runs that first forward twice, see below) "
+             "and the decode steps after it. On CPU every step is timed and ms/step is the median step of the take "
+             "(a burst of another process's load moves it little; the means are in `bench/last_run.json`); on CUDA "
+             "it is the take's decode time over its steps. Medians over the trials; the ratio is the median of the "
+             "per-trial ratios.", "",
+             "Weights read per step: what one decode step streams from memory, counted from the shape (q/k/v/o and "
+             "the FFN of each layer, 12·dim² per layer, and the K heads; the embedding tables are only gathered). "
+             "segue folds the cross-attention query/output projections into the conditioning, so a MusicGen or "
+             "AudioGen step reads no cross-attention weights; transformers reads `q_proj` and `out_proj` of every "
+             "`encoder_attn` (2·dim² more per layer, its cross keys/values are cached). A melody LM has no "
+             "cross-attention: both read the same bytes. The weight floor is the bare GEMMs of segue's step over "
+             "those weights (best of 5), measured per shape in the same run: what reading them costs here; the "
+             "GB/s next to it is the bandwidth those GEMMs reached."]
+    if lm.get("copy_gbs"):
+        lines[-1] += (f" For scale: copying a 1 GiB tensor ran at {lm['copy_gbs']:.1f} GB/s (bytes read + bytes "
+                      "written) in this run.")
+    shared = lm.get("other_cpu")
+    if shared is not None:
+        per = [r["other_cpu"] for r in rows if r.get("other_cpu") is not None]
+        spread = (f" ({100 * min(per):.0f} to {100 * max(per):.0f} % while one shape or another was measured)"
+                  if len(per) > 1 else "")
+        lines += ["", f"Other processes used {100 * shared:.0f} % of the machine's CPU time while this section ran"
+                  f"{spread}." + (" **The box was shared**" + (f" ({lm['note']})" if lm.get("note") else "") +
+                                  ": absolute times are inflated by it; the ratios and the time above the floor "
+                                  "are what to read." if shared >= 0.05 else "")]
+    lines += ["",
+              "| shape | device | dtype | take | trials | prefill ms (positions): segue / transformers | "
+              "segue ms/step | segue RTF | weights read per step GB: segue / transformers | weight floor ms/step "
+              "(GB/s) | transformers ms/step | above the floor: segue / transformers ms | "
+              "segue / transformers steps/s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        hf = f"{r['hf']:.1f}" if r["hf"] is not None else "not run"
-        above = (f"{r['segue'] - r['floor']:.1f} / {r['hf'] - r['floor']:.1f}" if r["hf"] is not None
-                 else f"{r['segue'] - r['floor']:.1f} / -")
+        hf = r.get("hf")
+        prefill = (f"{_f(r.get('segue_prefill'), '.0f')} / {_f(r.get('hf_prefill'), '.0f')} "
+                   f"({r.get('prefill_positions', '-')})")
+        gb = f"{_f(r.get('floor_gb'), '.2f')} / {_f(r.get('hf_gb'), '.2f')}"
+        floor = r["floor"]
+        floor_s = f"{floor:.1f}" + (f" ({r['floor_gb'] / floor * 1000:.0f})" if r.get("floor_gb") else "")
+        above = f"{r['segue'] - floor:.1f} / " + (f"{hf - floor:.1f}" if hf is not None else "-")
         ratio = (f"**{r['ratio']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
                  if r["ratio"] is not None else "n/a")
         lines.append(f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | {r['trials']} | "
-                     f"{r['segue']:.1f} | {r['segue_rtf']:.3f} | {r['floor']:.1f} | {hf} | {above} | {ratio} |")
+                     f"{prefill} | {r['segue']:.1f} | {r['segue_rtf']:.3f} | {gb} | {floor_s} | "
+                     f"{_f(hf, '.1f', 'not run')} | {above} | {ratio} |")
     target = [r for r in rows if r["shape"] == "small" and r["device"] == "cpu" and r["dtype"] == "float32"
               and r["ratio"] is not None]
     if target:
         verdicts = ", ".join(f"{r['seconds']:g} s takes {r['ratio']:.2f}x ({'met' if r['ratio'] >= 1.5 else 'not met'})"
                              for r in target)
         lines += ["", f"Target (2-core CPU, small, float32: segue >= 1.5x transformers' steps/s): {verdicts}."]
+    return lines
+
+
+def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
+             "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
+             "runs.", "",
+             "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in info.items()]
+    lines += render_lm(lm, info)
     lines += ["", "## Streaming EnCodec (32 kHz, real shape, random weights)", "",
               "Real-time factor = audio seconds per wall second, PCM copied to the host on every push.", "",
               "| measurement | CPU |" + (" GPU |" if codec_gpu else ""),
@@ -242,7 +369,7 @@ def render(info, codec_cpu, codec_gpu, rows, skipped, daemon=None, batch=None) -
         lines += render_daemon(daemon, info)
     if batch:
         lines += render_batch(batch, info)
-    lines += ["", "## Not measured", ""] + [f"- {s}" for s in skipped]
+    lines += ["", "## Not measured", ""] + [f"- {s}" for s in lm["skipped"]]
     lines += ["", "## Reading the numbers", "",
               "- On CPU a float32 step is bound by reading the weights (1.2 to 1.4 GB for small). The weight floor "
               "is measured in the same run, because the host's bandwidth varies between runs (a quiet run gave "
