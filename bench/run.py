@@ -143,7 +143,7 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
     if torch.cuda.is_available():
         plans += [(torch.device("cuda"), p) for p in LM_CUDA]
     rows, skipped = [], []
-    share = CpuShare()
+    info, share = machine(), CpuShare()
     bandwidth = lm_speed.copy_bandwidth(cpu)
     for device, (shape, dtype, plan) in plans:
         if shapes and shape not in shapes:
@@ -162,7 +162,7 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
         skipped.append("the LM on CUDA (bf16 steps, CUDA-graph step time, the 1.5 ms/step target) and the codec on "
                        "CUDA: this machine has no GPU, and none was lent to the issues that measured it")
     skipped.append("musicgen-stereo-melody and -stereo-melody-large: not asked for (a melody LM with 8 codebooks)")
-    return dict(info=machine(), rows=rows, skipped=skipped, copy_gbs=bandwidth, other_cpu=share.others(),
+    return dict(info=info, rows=rows, skipped=skipped, copy_gbs=bandwidth, other_cpu=share.others(),
                 note=note)
 
 
@@ -276,23 +276,24 @@ def _f(x, fmt: str = ".1f", none: str = "-") -> str:
     return none if x is None else format(x, fmt)
 
 
-def _shapes_text() -> str:
+def _shapes_text(rows: list[dict]) -> str:
     names = {"small": "small", "medium": "medium", "large": "large"}
     mono = ", ".join(f"{names[n]} {s.dim}/{s.heads}/{s.layers}" for n, s in lm_speed.SHAPES.items() if n in names)
+    tokens = rows[0].get("text_tokens", 11) if rows else 11
     return (f"Random weights with the published MusicGen decoder shapes (dim/heads/layers: {mono}; `stereo-*` the "
             "same with 8 codebooks, delays [0, 0, 1, 1, 2, 2, 3, 3], 8 embedding tables and 8 heads; `melody` "
             "(musicgen-melody, medium scale) and `melody-large` with no cross-attention and the 235 chroma frames "
             "plus the text prepended, compared with transformers' `MusicgenMelodyForConditionalGeneration` given "
             "the same one-hot chroma; `audiogen-medium`: MusicGen's medium LM with a 10 s context, T5-large-wide "
             "text and a 16 kHz codec; transformers has no AudioGen, so its reference is transformers' MusicGen with "
-            "the identical LM shape). CFG 3 (batch of 2 rows), top-k 250 sampling, an 11-token text prompt (T5 "
-            "gives 12 for 'dub techno, deep chords, 120 bpm'). A step is one column of 4 tokens (8 in stereo); real "
+            "the identical LM shape). CFG 3 (batch of 2 rows), top-k 250 sampling, "
+            f"a {tokens}-token text prompt (T5 gives 12 for 'dub techno, deep chords, 120 bpm'). A step is one column of 4 tokens (8 in stereo); real "
             "time needs 50 steps/s (RTF >= 1).")
 
 
 def render_lm(lm: dict, info: dict) -> list[str]:
     rows = lm["rows"]
-    lines = ["", "## LM decode: segue vs transformers `generate`", "", _section_info(lm, info) + _shapes_text(), "",
+    lines = ["", "## LM decode: segue vs transformers `generate`", "", _section_info(lm, info) + _shapes_text(rows), "",
              "Both sides read ONE copy of the weights: segue's LM is made from the transformers model's state dict by "
              "segue's own loader mapping, and transformers' q/k/v projections, embeddings and heads are then pointed "
              "at segue's packed tensors (the rest is shared as it is). So the large shapes fit on a machine that "
