@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -43,7 +44,9 @@ class Loaded:
     def ref(self) -> str:
         return self.model.info.ref
 
+    @cached_property
     def weight_bytes(self) -> int:
+        """Bytes of the codec's, the LM's and the text encoder's tensors (counted once: weights never change)."""
         m = self.model
         modules = [m.codec, m.lm] + ([m.text.encoder] if m.text is not None else [])
         return sum(t.nbytes for mod in modules for t in itertools.chain(mod.parameters(), mod.buffers()))
@@ -53,7 +56,7 @@ class Loaded:
         streams = sum(_stream_bytes(s) for s in self.pool)
         return dict(model=m.info.ref, kind=m.info.kind, layout=m.info.layout, sample_rate=m.sample_rate,
                     channels=m.channels, codebooks=m.lm.cfg.n_q, device=str(m.device),
-                    dtype=str(m.lm.dtype).replace("torch.", ""), weights_mb=round(self.weight_bytes() / 2**20, 1),
+                    dtype=str(m.lm.dtype).replace("torch.", ""), weights_mb=round(self.weight_bytes / 2**20, 1),
                     idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3),
                     load_s=round(self.load_s, 2))
 
