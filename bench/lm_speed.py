@@ -395,5 +395,19 @@ def compare(shape: str, device: torch.device, dtype: torch.dtype, plan: list[tup
                hf_bytes=s.step_bytes(torch.finfo(dtype).bits // 8, cross_read=True),
                prefill_tokens=(CHROMA_LENGTH + text_tokens + 1) if s.melody else 1, text_tokens=text_tokens)
     del ours, ref
-    gc.collect()
+    release_memory(device)
     return out
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the freed weights back, so the next shape finds the memory free: glibc keeps freed heap blocks (GBs
+    after a medium shape's takes) until trimmed, and CUDA's caching allocator keeps its blocks until emptied."""
+    import ctypes
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
