@@ -400,14 +400,30 @@ def compare(shape: str, device: torch.device, dtype: torch.dtype, plan: list[tup
 
 
 def release_memory(device: torch.device) -> None:
-    """Give the freed weights back, so the next shape finds the memory free: glibc keeps freed heap blocks (GBs
-    after a medium shape's takes) until trimmed, and CUDA's caching allocator keeps its blocks until emptied."""
-    import ctypes
-
+    """Free the weights for whatever runs next in this process (CUDA's caching allocator keeps its blocks until
+    emptied). glibc keeps freed heap blocks (GBs after a medium shape) and trimming them changes how transformers'
+    per-step cache reallocations are served, so `bench/run.py` measures every shape in a fresh process instead."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
+
+
+def main(argv: list[str]) -> None:
+    """python bench/lm_speed.py SHAPE DEVICE DTYPE PLAN OUT.json, PLAN as seconds:trials[,seconds:trials...]:
+    one shape's `compare` in this (fresh) process, written to OUT.json for `bench/run.py`."""
+    import json
+    from dataclasses import asdict
+
+    shape, device, dtype, plan, out = argv
+    plan_t = [(float(a), int(b)) for a, b in (p.split(":") for p in plan.split(","))]
+    res = compare(shape, torch.device(device), getattr(torch, dtype), plan_t)
+    res["takes"] = [(secs, [asdict(r) for r in mine], [asdict(r) for r in theirs])
+                    for secs, mine, theirs in res["takes"]]
+    with open(out, "w") as f:
+        json.dump(res, f)
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

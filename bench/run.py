@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,8 +83,8 @@ class CpuShare:
         except (OSError, ValueError):
             return None
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-        t = os.times()
-        return time.monotonic(), busy, t.user + t.system
+        t = os.times()  # this process and its waited-for children (the per-shape measurements)
+        return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
 
     def others(self) -> float | None:
         now = self._now()
@@ -91,6 +92,23 @@ class CpuShare:
             return None
         wall, busy, own = (b - a for a, b in zip(self.start, now))
         return max(0.0, (busy - own) / (wall * (os.cpu_count() or 1)))
+
+
+def wait_quiet(limit_s: float, busy: float = 0.1, window_s: float = 5.0) -> float | None:
+    """Wait (at most `limit_s`) until other processes use less than `busy` of the CPUs over a `window_s` window.
+
+    On a 2-core box torch's two OpenMP threads meet at a barrier in every op; while another process holds a core,
+    each barrier waits for a time slice, and a decode step of many small ops gets many times slower (a small-shape
+    step went from 55 ms to 2.3 s while a test suite ran). Medians and alternation cannot fix that, so each shape
+    starts on a quiet machine where possible. Returns the last window's share (None without /proc/stat)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        share = CpuShare()
+        time.sleep(window_s)
+        others = share.others()
+        if others is None or others < busy or time.monotonic() >= deadline:
+            return others
+        print(f"other processes use {100 * others:.0f} % of the CPUs; waiting for a quiet machine", flush=True)
 
 
 # (shape, dtype, [(take seconds, trials)]), the large shapes last; one shape's weights are held at a time.
@@ -113,9 +131,24 @@ LM_CUDA = ([(shape, torch.bfloat16, [(10, 3), (30, 1)]) for shape in ("small", "
            + [("small", torch.float32, [(10, 2)])])
 
 
+def lm_compare(shape: str, device: torch.device, dtype: torch.dtype, plan: list[tuple[float, int]]) -> dict:
+    """`lm_speed.compare` in a fresh process: every shape starts from the allocator state of a process that has
+    just built its model (transformers reallocates its cache every step, and how that is served depends on what the
+    process did before), and gives all its memory back when it ends."""
+    with tempfile.TemporaryDirectory(prefix="segue-bench-") as tmp:
+        out = Path(tmp) / "out.json"
+        subprocess.run([sys.executable, str(ROOT / "bench" / "lm_speed.py"), shape, str(device),
+                        str(dtype).replace("torch.", ""), ",".join(f"{s:g}:{n}" for s, n in plan), str(out)],
+                       check=True, cwd=ROOT)
+        res = json.loads(out.read_text())
+    res["takes"] = [(secs, [lm_speed.Result(**r) for r in mine], [lm_speed.Result(**r) for r in theirs])
+                    for secs, mine, theirs in res["takes"]]
+    return res
+
+
 def lm_rows(shape, device, dtype, plan):
     share = CpuShare()
-    out = lm_speed.compare(shape, device, dtype, plan)
+    out = lm_compare(shape, device, dtype, plan)
     others = share.others()
     rows = []
     for secs, mine, theirs in out["takes"]:
@@ -136,7 +169,8 @@ def lm_rows(shape, device, dtype, plan):
     return rows
 
 
-def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = None) -> dict:
+def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = None,
+               wait_s: float = 900) -> dict:
     """The LM section: every shape this machine can hold, each compared with transformers on one weight copy."""
     cpu = torch.device("cpu")
     plans = [(cpu, p) for p in (LM_CPU_QUICK if quick else LM_CPU)]
@@ -155,6 +189,8 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
                            f"(one weight copy shared by both sides, segue's preallocated cache), {free:.0f} GiB free")
             print(skipped[-1], flush=True)
             continue
+        if device.type == "cpu" and wait_s > 0:
+            wait_quiet(wait_s)
         rows += lm_rows(shape, device, dtype, plan)
     if quick:
         skipped.append("the other LM shapes: --quick run")
@@ -175,6 +211,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["lm", "daemon", "batch"], default=None,
                     help="measure one section again; the others are kept from bench/last_run.json")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
+    ap.add_argument("--wait-quiet", type=float, default=900, metavar="S",
+                    help="before each CPU LM shape, wait up to S seconds for other processes to leave the CPUs")
     ap.add_argument("--note", default=None, help="what else ran on the machine (written next to the LM section's "
                     "measured share of other processes' CPU time)")
     args = ap.parse_args()
@@ -186,7 +224,7 @@ def main() -> None:
         data = json.loads(raw.read_text())
         _upgrade(data)
         if args.only == "lm":
-            data["lm"] = measure_lm(args.quick, shapes, args.note)
+            data["lm"] = measure_lm(args.quick, shapes, args.note, args.wait_quiet)
         elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
         if args.only:
@@ -201,7 +239,7 @@ def main() -> None:
     codec_cpu = codec_speed.measure(cpu, 4.0 if args.quick else 10.0)
     print(codec_cpu, flush=True)
     codec_gpu = codec_speed.measure(torch.device("cuda")) if torch.cuda.is_available() else None
-    lm = measure_lm(args.quick, shapes, args.note)
+    lm = measure_lm(args.quick, shapes, args.note, args.wait_quiet)
     lm["info"] = info
     data = dict(info=info, codec_cpu=codec_cpu, codec_gpu=codec_gpu, lm=lm, **sections)
     raw.write_text(json.dumps(data, indent=1) + "\n")
@@ -340,9 +378,14 @@ def render_lm(lm: dict, info: dict) -> list[str]:
         above = f"{r['segue'] - floor:.1f} / " + (f"{hf - floor:.1f}" if hf is not None else "-")
         ratio = (f"**{r['ratio']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
                  if r["ratio"] is not None else "n/a")
-        lines.append(f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | {r['trials']} | "
+        busy = r.get("other_cpu") is not None and r["other_cpu"] >= 0.1
+        lines.append(f"| {r['shape']}{' (busy)' if busy else ''} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | "
+                     f"{r['trials']} | "
                      f"{prefill} | {r['segue']:.1f} | {r['segue_rtf']:.3f} | {gb} | {floor_s} | "
                      f"{_f(hf, '.1f', 'not run')} | {above} | {ratio} |")
+    if any(r.get("other_cpu") is not None and r["other_cpu"] >= 0.1 for r in rows):
+        lines += ["", "(busy): other processes used 10 % or more of the CPUs while this shape was measured (after "
+                  "waiting for a quiet machine as long as `--wait-quiet` allows): its times are inflated."]
     target = [r for r in rows if r["shape"] == "small" and r["device"] == "cpu" and r["dtype"] == "float32"
               and r["ratio"] is not None]
     if target:
