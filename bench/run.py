@@ -112,17 +112,19 @@ def wait_quiet(limit_s: float, busy: float = 0.1, window_s: float = 5.0) -> floa
 
 
 # (shape, dtype, [(take seconds, trials)]), the large shapes last; one shape's weights are held at a time.
+# Short takes for the big shapes, but three alternations each: this VM's speed drifts by tens of percent over
+# minutes (host-level, invisible to /proc/stat), and a median of three outlives one slow take.
 LM_CPU = [
     ("small", torch.float32, [(10, 3), (30, 1)]),
-    ("small", torch.bfloat16, [(2, 1)]),
+    ("small", torch.bfloat16, [(2, 2)]),
     ("stereo-small", torch.float32, [(4, 2)]),
-    ("medium", torch.float32, [(2, 1)]),
-    ("stereo-medium", torch.float32, [(2, 1)]),
-    ("audiogen-medium", torch.float32, [(2, 1)]),
-    ("melody", torch.float32, [(2, 1)]),
-    ("large", torch.float32, [(1, 1)]),
-    ("stereo-large", torch.float32, [(1, 1)]),
-    ("melody-large", torch.float32, [(1, 1)]),
+    ("medium", torch.float32, [(1, 3)]),
+    ("stereo-medium", torch.float32, [(1, 3)]),
+    ("audiogen-medium", torch.float32, [(1, 3)]),
+    ("melody", torch.float32, [(1, 3)]),
+    ("large", torch.float32, [(0.5, 3)]),
+    ("stereo-large", torch.float32, [(0.5, 3)]),
+    ("melody-large", torch.float32, [(0.5, 3)]),
 ]
 LM_CPU_QUICK = [("small", torch.float32, [(4, 1)])]
 LM_CUDA = ([(shape, torch.bfloat16, [(10, 3), (30, 1)]) for shape in ("small", "medium", "large")]
@@ -177,8 +179,7 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
     if torch.cuda.is_available():
         plans += [(torch.device("cuda"), p) for p in LM_CUDA]
     rows, skipped = [], []
-    info, share = machine(), CpuShare()
-    bandwidth = lm_speed.copy_bandwidth(cpu)
+    info, share, bandwidth = machine(), CpuShare(), None
     for device, (shape, dtype, plan) in plans:
         if shapes and shape not in shapes:
             continue
@@ -189,9 +190,22 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
                            f"(one weight copy shared by both sides, segue's preallocated cache), {free:.0f} GiB free")
             print(skipped[-1], flush=True)
             continue
-        if device.type == "cpu" and wait_s > 0:
-            wait_quiet(wait_s)
-        rows += lm_rows(shape, device, dtype, plan)
+        if device.type != "cpu":
+            rows += lm_rows(shape, device, dtype, plan)
+            continue
+        # A shape measured while another process was busy is measured again (once), the quieter result kept.
+        tries = []
+        for _ in range(2):
+            if wait_s > 0:
+                wait_quiet(wait_s)
+            if bandwidth is None:
+                bandwidth = lm_speed.copy_bandwidth(cpu)
+            tries.append(lm_rows(shape, device, dtype, plan))
+            if _busy(tries[-1]) < 0.05:
+                break
+            print(f"{shape}: other processes used {100 * _busy(tries[-1]):.0f} % of the CPUs; measuring it again",
+                  flush=True)
+        rows += min(tries, key=_busy)
     if quick:
         skipped.append("the other LM shapes: --quick run")
     if not torch.cuda.is_available():
@@ -200,6 +214,10 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
     skipped.append("musicgen-stereo-melody and -stereo-melody-large: not asked for (a melody LM with 8 codebooks)")
     return dict(info=info, rows=rows, skipped=skipped, copy_gbs=bandwidth, other_cpu=share.others(),
                 note=note)
+
+
+def _busy(rows: list[dict]) -> float:
+    return max((r["other_cpu"] or 0.0) for r in rows) if rows else 0.0
 
 
 def main() -> None:
@@ -224,7 +242,8 @@ def main() -> None:
         data = json.loads(raw.read_text())
         _upgrade(data)
         if args.only == "lm":
-            data["lm"] = measure_lm(args.quick, shapes, args.note, args.wait_quiet)
+            lm = measure_lm(args.quick, shapes, args.note, args.wait_quiet)
+            data["lm"] = _merge(data.get("lm"), lm) if shapes and data.get("lm") else lm
         elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
         if args.only:
@@ -245,6 +264,21 @@ def main() -> None:
     raw.write_text(json.dumps(data, indent=1) + "\n")
     Path(args.out).write_text(render(**data))
     print(f"wrote {args.out} and {raw}")
+
+
+def _merge(old: dict, new: dict) -> dict:
+    """`--only lm --shapes ...`: the new rows replace the old rows of their shapes (dtype and device alike) and say
+    when they were measured; the rest of the section is kept."""
+    key = lambda r: (r["shape"], r["device"], r["dtype"])  # noqa: E731
+    fresh = {key(r) for r in new["rows"]}
+    for r in new["rows"]:
+        r["remeasured"] = new["info"]["date"] + (f", {new['info']['commit']}"
+                                                 if new["info"]["commit"] != old["info"]["commit"] else "")
+    order = {(shape, "cpu", str(dt).replace("torch.", "")): i for i, (shape, dt, _) in enumerate(LM_CPU)}
+    rows = [r for r in old["rows"] if key(r) not in fresh] + new["rows"]
+    rows.sort(key=lambda r: (r["device"] != "cpu", order.get(key(r), len(order))))
+    skipped = [s for s in old["skipped"] if not any(s.startswith(f"{shape} (") for shape, _, _ in fresh)]
+    return dict(old, rows=rows, skipped=skipped + [s for s in new["skipped"] if s not in skipped])
 
 
 def _upgrade(data: dict) -> None:
@@ -379,8 +413,8 @@ def render_lm(lm: dict, info: dict) -> list[str]:
         ratio = (f"**{r['ratio']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['ratios'])})"
                  if r["ratio"] is not None else "n/a")
         busy = r.get("other_cpu") is not None and r["other_cpu"] >= 0.1
-        lines.append(f"| {r['shape']}{' (busy)' if busy else ''} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | "
-                     f"{r['trials']} | "
+        note = (" (busy)" if busy else "") + (f" (re-measured {r['remeasured']})" if r.get("remeasured") else "")
+        lines.append(f"| {r['shape']}{note} | {r['device']} | {r['dtype']} | {r['seconds']:g} s | {r['trials']} | "
                      f"{prefill} | {r['segue']:.1f} | {r['segue_rtf']:.3f} | {gb} | {floor_s} | "
                      f"{_f(hf, '.1f', 'not run')} | {above} | {ratio} |")
     if any(r.get("other_cpu") is not None and r["other_cpu"] >= 0.1 for r in rows):
