@@ -382,8 +382,9 @@ def render_lm(lm: dict, info: dict) -> list[str]:
              "AudioGen step reads no cross-attention weights; transformers reads `q_proj` and `out_proj` of every "
              "`encoder_attn` (2·dim² more per layer, its cross keys/values are cached). A melody LM has no "
              "cross-attention: both read the same bytes. The weight floor is the bare GEMMs of segue's step over "
-             "those weights (best of 5), measured per shape in the same run: what reading them costs here; the "
-             "GB/s next to it is the bandwidth those GEMMs reached."]
+             "those weights, measured per shape in the same run (each layer's best of 5, before and after the "
+             "takes, summed): what reading them costs here; the GB/s next to it is the bandwidth those GEMMs "
+             "reached."]
     if lm.get("copy_gbs"):
         lines[-1] += (f" For scale: copying a 1 GiB tensor ran at {lm['copy_gbs']:.1f} GB/s (bytes read + bytes "
                       "written) in this run.")
@@ -429,6 +430,93 @@ def render_lm(lm: dict, info: dict) -> list[str]:
     return lines
 
 
+def _reading(rows: list[dict]) -> list[str]:
+    """'Reading the numbers': what the LM rows show, with the figures computed from the shapes and the rows."""
+    by: dict[tuple, dict] = {}
+    for r in rows:  # a shape's first (shortest-take) row
+        by.setdefault((r["shape"], r["device"], r["dtype"]), r)
+    cpu = [r for r in rows if r["device"] == "cpu" and r["dtype"] == "float32"]
+    out = []
+    if cpu:
+        gbs = [r["floor_gb"] for r in cpu if r.get("floor_gb")]
+        if gbs:
+            out.append(f"- On CPU a float32 step is bound by reading the weights: {min(gbs):.2f} GB (small) to "
+                       f"{max(gbs):.2f} GB (stereo-large) per step. The floor is measured per shape in the same run "
+                       "because this VM's bandwidth drifts by tens of percent within an hour, unseen by its load "
+                       "figures (three quiet runs of this section on one afternoon put the small floor at 44, 47 and "
+                       "58 ms). What an implementation controls is the time above the floor: that column, and the "
+                       "ratio, are the comparisons that survive a noisy machine.")
+    extra = {s: lm_speed.SHAPES[s].step_bytes(4, True) - lm_speed.SHAPES[s].step_bytes(4, False)
+             for s in ("small", "medium", "large")}
+    out.append("- segue's time above the floor is self-attention over the cache (it grows with the take: about 6 ms "
+               "at position 250, 17 ms at 750 for small on a quiet run), the folded cross-attention, and per-op "
+               "dispatch (about 4 ms for 24 layers, twice that for 48). transformers adds `torch.cat` growth of the "
+               "whole cache every step, mask and position rebuilding and its logits-processor chain, so its step "
+               "time grows faster with the take; for the text-conditioned shapes it also reads the cross-attention "
+               "query and output weights: " + ", ".join(f"{extra[s] / 1e9:.2f} GB more per step for {s}"
+                                                        for s in extra) + " at float32.")
+    mel = [by.get((s, "cpu", "float32")) for s in ("melody", "melody-large")]
+    text = [by.get((s, "cpu", "float32")) for s in ("medium", "stereo-medium", "audiogen-medium", "large",
+                                                     "stereo-large")]
+    if all(mel) and all(text):
+        m, ml = lm_speed.SHAPES["melody"], lm_speed.SHAPES["melody-large"]
+        prefix = lm_speed.CHROMA_LENGTH + mel[0]["text_tokens"]
+        kv = [2 * s.layers * 2 * prefix * s.dim * 4 / 1e9 for s in (m, ml)]
+        room = [2 * s.layers * 2 * lm_speed.CHROMA_LENGTH * s.dim * 4 / 1e9 for s in (m, ml)]
+        ratios = [r["ratio"] for r in text]
+        out.append(
+            f"- MusicGen-Melody has no cross-attention, so transformers reads no more weight bytes than segue and "
+            f"segue's lead is its overhead alone: {mel[0]['ratio']:.2f}x (melody) and {mel[1]['ratio']:.2f}x "
+            f"(melody-large), against {min(ratios):.2f}x to {max(ratios):.2f}x for the medium and large "
+            f"text-conditioned rows. Its conditioning is {prefix} positions of the sequence ({lm_speed.CHROMA_LENGTH} "
+            f"chroma frames, {mel[0]['text_tokens']} text tokens) that stay in the KV cache for the whole take: "
+            f"every step attends over them, {kv[0]:.2f} GB (melody) and {kv[1]:.2f} GB (melody-large) more keys and "
+            f"values read per float32 step for the two CFG rows ({100 * kv[0] / mel[0]['floor_gb']:.0f} % and "
+            f"{100 * kv[1] / mel[1]['floor_gb']:.0f} % of the weights), and segue's "
+            f"preallocated cache is {room[0]:.2f} / {room[1]:.2f} GB larger than a text model's (it holds the "
+            f"chroma besides the room for 256 text positions). The prefill pushes {prefix + 1} positions x 2 rows "
+            f"through all 48 layers: GEMM-bound, {mel[0]['segue_prefill'] / 1000:.1f} s / "
+            f"{mel[0]['hf_prefill'] / 1000:.1f} s (segue / transformers) for melody and "
+            f"{mel[1]['segue_prefill'] / 1000:.1f} s / {mel[1]['hf_prefill'] / 1000:.1f} s for melody-large here, "
+            f"against {text[0]['segue_prefill'] / 1000:.2f} s for medium: on this CPU a melody take's first sound "
+            "comes seconds after the trigger. The unconditional CFG row's prefix (null chroma, no text) is the same "
+            "for every take and could be computed once per model; segue computes it again for each take.")
+    st = [(by.get((s, "cpu", "float32")), by.get((f"stereo-{s}", "cpu", "float32"))) for s in ("small", "medium",
+                                                                                              "large")]
+    heads = [(lm_speed.SHAPES[f"stereo-{s}"].step_bytes(4, False) - lm_speed.SHAPES[s].step_bytes(4, False)) / 1e6
+             for s in ("small", "medium", "large")]
+    out.append(f"- Stereo's 8 codebooks add 4 heads to the output GEMM ({heads[0]:.0f} / {heads[1]:.0f} / "
+               f"{heads[2]:.0f} MB more per float32 step for small / medium / large, 1 to 3 %) and gather 8 "
+               "embedding rows instead of 4; the step is otherwise mono's."
+               + (" Mono / stereo ratios here: " + ", ".join(f"{a['ratio']:.2f}x / {b['ratio']:.2f}x"
+                                                              for a, b in st if a and b) + "." if all(a and b for a, b in st)
+                  else ""))
+    ag, md = by.get(("audiogen-medium", "cpu", "float32")), by.get(("medium", "cpu", "float32"))
+    out.append("- AudioGen-medium's step is the medium LM's step: its 10 s context only shrinks segue's "
+               "preallocated cache and its T5-large width only changes the once-per-prompt projection"
+               + (f"; the two rows ({md['ratio']:.2f}x and {ag['ratio']:.2f}x) differ by the machine's noise only."
+                  if ag and md else "."))
+    out.append("- transformers 5.x's MusicGen `generate` runs the first forward twice (its own `_prefill`, whose "
+               "result `_sample` does not use, then `_sample`'s): for the text-conditioned shapes its prefill column "
+               "is two forwards. MusicGen-Melody's `generate` runs it once.")
+    out.append("- transformers grows its cache with `torch.cat` every step (for melody-large: 48 layers x keys and "
+               "values x [2, 32, ~250, 64] float32, about 0.4 GB allocated and freed per step). Whether glibc serves "
+               "that from reused heap or from fresh zeroed pages depends on what the process did before: with the "
+               "heap trimmed between shapes, transformers' melody-large step took 776 ms instead of ~465 ms, and a "
+               "medium-scale one went from 0 to ~4000 page faults per step. So each shape runs in a fresh process, "
+               "as a user's would after loading its model. segue preallocates its cache and does not allocate per "
+               "step.")
+    out.append("- Two OpenMP threads on two cores meet at a barrier in every op; while another process holds a core "
+               "each barrier waits for a time slice, and a small step went from 55 ms to 2.3 s while a test suite "
+               "ran. Each shape therefore waits for a quiet machine (`--wait-quiet`) and is measured again if other "
+               "processes were busy; the section records how much CPU they used.")
+    out.append("- Cross-attention folding reads fewer bytes only for prompts shorter than head_dim (64) tokens; "
+               "longer prompts use the published form and lose that part of the gain.")
+    out.append("- On a GPU the same step is captured in a CUDA graph, which removes the per-op dispatch that makes up "
+               "much of segue's CPU overhead; the same code measures every shape there in bf16 (not run: no GPU).")
+    return out
+
+
 def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
@@ -448,20 +536,7 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None) -> str:
     if batch:
         lines += render_batch(batch, info)
     lines += ["", "## Not measured", ""] + [f"- {s}" for s in lm["skipped"]]
-    lines += ["", "## Reading the numbers", "",
-              "- On CPU a float32 step is bound by reading the weights (1.2 to 1.4 GB for small). The weight floor "
-              "is measured in the same run, because the host's bandwidth varies between runs (a quiet run gave "
-              "42.6 ms for small). What an implementation controls is the time above the floor: that column is "
-              "the comparison that survives a noisy machine.",
-              "- segue's time above the floor is self-attention over the cache (it grows with the take: about 6 ms "
-              "at position 250, 17 ms at 750 on a quiet run), the folded cross-attention, and about 4 ms of "
-              "per-op dispatch for 24 layers. transformers adds `torch.cat` growth of the whole cache every step, "
-              "mask and position rebuilding and its logits-processor chain, so its step time grows faster with the "
-              "take.",
-              "- Cross-attention folding reads fewer bytes only for prompts shorter than head_dim (64) tokens; "
-              "longer prompts use the published form and lose that part of the gain.",
-              "- On a GPU the same step is captured in a CUDA graph, which removes the per-op dispatch that makes "
-              "up much of segue's CPU overhead."]
+    lines += ["", "## Reading the numbers", ""] + _reading(lm["rows"])
     return "\n".join(lines) + "\n"
 
 
