@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 
 from jack_rig import BAR, BEAT, PERIOD, RATE, continue_on_the_bar_line, song_rig
-from segue.models.loading.builder import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +27,7 @@ def rig(tmp_path_factory):
 
 def test_continue_last_two_bars_starts_on_the_bar_line_and_equals_its_take(rig):
     server, daemon, recorder, client, loop = rig
-    done = continue_on_the_bar_line(server, recorder, client, load_model("demo"))
+    done = continue_on_the_bar_line(server, recorder, client, "demo")
 
     # The prompt was the last two whole bars of the loop as played, shifted by the round trip the daemon assumes
     # (a musician hears the output L late and is heard by the input its capture latency late).

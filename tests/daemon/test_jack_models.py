@@ -43,8 +43,7 @@ def test_stereo_audiogen_and_melody_models_on_jack_and_a_load_out_of_memory(fold
     with song_rig(tmp_path / "takes", model=str(folders["stereo"])) as (server, daemon, recorder, client, loop):
         st = client.request("status")["status"]
         assert st["channels"] == 2 and st["models"][0]["codebooks"] == 8
-        stereo = load_model(str(folders["stereo"]))
-        done = continue_on_the_bar_line(server, recorder, client, stereo)
+        done = continue_on_the_bar_line(server, recorder, client, str(folders["stereo"]))
         take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
         assert not np.allclose(take[:, 0], take[:, 1])  # two codec passes, two different channels
         prompt = np.load(done["path"].replace(".wav", ".codes.npy"))
@@ -52,8 +51,7 @@ def test_stereo_audiogen_and_melody_models_on_jack_and_a_load_out_of_memory(fold
 
         ev = client.wait(client.request("set", model=str(folders["audiogen"]))["id"], timeout=120)
         assert ev["model"]["kind"] == "audiogen" and ev["model"]["sample_rate"] == 16000
-        audiogen = load_model(str(folders["audiogen"]))
-        continue_on_the_bar_line(server, recorder, client, audiogen, seed=6)
+        continue_on_the_bar_line(server, recorder, client, str(folders["audiogen"]), seed=6)
 
         # "Play a melody, get a song in it": a melody model follows the last two bars of the live input.
         client.wait(client.request("set", model="demo-melody")["id"], timeout=120)
