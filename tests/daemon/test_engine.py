@@ -176,3 +176,46 @@ def test_continue_the_end_of_a_take(daemon):
     done = client.wait(rid)
     meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
     assert meta["source"] == "take" and meta["last_seconds"] == 0.4 and meta["prompt_frames"] == 20  # 0.4 s, 50 Hz
+
+
+@pytest.fixture
+def short_daemon(tmp_path):
+    """The engine on a model trained on 2 s segments (context 104 positions), so that an endless take has to
+    re-prompt itself every second or so: what a 30 s MusicGen does past 30 s, in a few seconds of test."""
+    from segue.models.lm.config import LMConfig
+    from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
+    from segue.models.musicgen import ModelInfo, MusicGen
+
+    short = LMConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, n_q=4, card=2048, text_dim=32,
+                     max_duration=2.0, frame_rate=50.0)
+    model = MusicGen(random_codec(DEMO_CODEC, 1), random_lm(short, 2), random_text_encoder(DEMO_T5, 3),
+                     ModelInfo("short", None, "demo", "musicgen"))
+    engine, server = start_engine(model, tmp_path / "takes", _zmq)
+    client = Client(server.endpoint, server.pub_endpoint)
+    yield model, engine, client
+    client.close()
+    server.close()
+    engine.close()
+
+
+def test_an_endless_take_outlives_the_trained_context_without_a_seam(short_daemon):
+    """Endless mode past the model's context: the take plays on in real time through several re-prompts, nothing
+    is dropped or held back, and the file (what was heard) equals an offline decode of all its codes in one pass,
+    so the streamed audio has no seam at the hand-overs."""
+    model, engine, client = short_daemon
+    before = client.request("status")["status"]["audio"]["underruns"]
+    rid = client.request("generate", prompt="dub", endless=True, start="now", seed=4)["id"]
+    client.wait(rid, "started")
+    context_s = model.lm.cfg.context / model.lm.cfg.frame_rate
+    time.sleep(2.5 * context_s)  # heard for two and a half contexts: re-prompted at least twice
+    client.request("stop", take=rid, fade=0.05)
+    done = client.wait(rid, timeout=30)
+    assert done["state"] == "stopped" and done["dropped"] == 0
+    assert client.request("status")["status"]["audio"]["underruns"] == before
+    codes = np.load(done["path"].replace(".wav", ".codes.npy"))
+    assert codes.shape[1] == done["frames"] > 2 * model.lm.cfg.context  # frames generated: far past one context
+    pcm, _ = sf.read(done["path"], dtype="float32", always_2d=True)
+    assert len(pcm) >= 2 * context_s * RATE  # heard: past two contexts
+    offline = offline_take(model, done["path"], RATE)
+    fade = round(0.05 * RATE)  # the stop's fade at the end
+    np.testing.assert_allclose(pcm[: len(pcm) - fade, 0], offline[: len(pcm) - fade], atol=1e-4)
