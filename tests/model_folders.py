@@ -19,9 +19,9 @@ def mono_musicgen(folder: Path, seed: int = 0, layers: int = 2) -> Path:
     return support.save_musicgen(model, tok, folder)
 
 
-def audiogen(folder: Path) -> Path:
-    """facebook/audiogen-medium shape (narrow): audiocraft export with its solver name, a 16 kHz codec with hop 320
-    and constant padding, 10 s training segments; its T5 saved beside it and named by path in xp.cfg."""
+def hf_audiogen():
+    """(transformers model, tokenizer) of the facebook/audiogen-medium shape (narrow): a 16 kHz codec with hop 320,
+    random codebooks and token embeddings spread wide enough that sampling is not uniform."""
     from transformers import MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration, T5Config
 
     torch.manual_seed(3)
@@ -36,6 +36,14 @@ def audiogen(folder: Path) -> Path:
         for name, p in hf.decoder.named_parameters():
             if "embed_tokens" in name or "lm_heads" in name:
                 p.normal_(0, 0.5)
+    return hf, tok
+
+
+def audiogen(folder: Path, hf=None) -> Path:
+    """facebook/audiogen-medium shape: `hf` (model, tokenizer; default `hf_audiogen()`) exported in the audiocraft
+    layout with its solver name, constant padding and 10 s training segments; its T5 saved beside it and named by
+    path in xp.cfg."""
+    hf, tok = hf or hf_audiogen()
     t5_folder = support.save_t5(hf, tok, folder.parent / (folder.name + "-t5"))
     return support.export_audiocraft(hf, tok, folder, t5_name=str(t5_folder), solver="audiogen/audiogen_base_16khz",
                                      duration=10.0)

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+import support
 from segue.models.errors import RequestError
-from segue.models.generation import Take, pump_takes
+from segue.models.generation import Take
 from segue.models.lm.config import LMConfig, SamplingParams
 from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
 from segue.models.melody import Melody
@@ -80,20 +81,9 @@ def test_pump_takes_equals_pumping_each_alone(short_melody):
     melody = model.melody_from_audio(sine(261.63, 1.5, channels=1))
     prompt = model.encode(torch.randn(1, 1, 640 * 12) * 0.2)
     alone, together = _takes(model, prompt, melody), _takes(model, prompt, melody)
-    pumps = 3 * SHORT_MELODY.context
-    ref = [[t.pump() for _ in range(pumps)] for t in alone]
-    got = [[] for _ in together]
-    for _ in range(pumps):
-        for out, pcm in zip(got, pump_takes(together)):
-            out.append(pcm)
+    support.pumped_together_equals_alone(alone, together, 3 * SHORT_MELODY.context)
     assert together[0].done and together[1].done and not together[2].done
     assert together[2].stream.base > 0  # the endless take re-prompted (prefix included) while batched
-    for a, b, mine, theirs in zip(alone, together, got, ref):
-        assert [p is None for p in mine] == [p is None for p in theirs]
-        assert np.array_equal(b.new_codes(), a.new_codes())
-        for x, y in zip(mine, theirs):
-            if x is not None:
-                assert x.shape == y.shape and np.abs(x - y).max() <= 1e-5
 
 
 def test_a_reused_stream_gives_the_melody_take_a_fresh_one_would(short_melody):

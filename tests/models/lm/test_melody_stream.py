@@ -11,7 +11,7 @@ from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.pattern import columns_from_frames
 from segue.models.lm.prefix import chroma_offset, chroma_window, write_prefix
 from segue.models.lm.state import LMState
-from segue.models.lm.stream import LMStream, step_streams
+from segue.models.lm.stream import LMStream
 from segue.models.loading.demo import DEMO_CODEC, DEMO_T5, random_codec, random_lm, random_text_encoder
 from segue.models.musicgen import ModelInfo, MusicGen
 
@@ -223,24 +223,8 @@ def test_step_streams_equals_stepping_each_alone(melody_model):
         return [endless, pair, short]
 
     alone, together = trio(False), trio(True)
-    got = {id(s): [] for s in alone + together}
-
-    def read(s):
-        done = sum(f.shape[-1] for f in got[id(s)])
-        got[id(s)].append(s.read_frames(done, s.frames_ready))
-
-    for _ in range(2 * SHORT_MELODY.context):
-        for s in alone:
-            if not s.done:
-                s.step()
-                read(s)
-        live = [s for s in together if not s.done]
-        step_streams(live)
-        for s in live:
-            read(s)
+    support.stepped_together_equals_alone(alone, together, 2 * SHORT_MELODY.context)
     assert together[0].base > 0 and together[1].done and together[2].done
-    for a, b in zip(alone, together):
-        assert torch.equal(torch.cat(got[id(b)], -1), torch.cat(got[id(a)], -1))
 
 
 def test_bad_melody_requests_are_refused(melody_model):

@@ -284,29 +284,10 @@ def _stream_trio(model):
 
 
 def test_step_streams_equals_stepping_each_alone(short_model):
-    from segue.models.lm.stream import step_streams
-
     alone, together = _stream_trio(short_model), _stream_trio(short_model)
-    got = {id(s): [] for s in alone + together}
-
-    def read(s):  # the ring holds two contexts of frames: read as a player would, as they come
-        done = sum(f.shape[-1] for f in got[id(s)])
-        got[id(s)].append(s.read_frames(done, s.frames_ready))
-
-    for _ in range(3 * short_model.lm.cfg.context):
-        for s in alone:
-            if not s.done:
-                s.step()
-                read(s)
-        live = [s for s in together if not s.done]
-        step_streams(live)
-        for s in live:
-            read(s)
+    support.stepped_together_equals_alone(alone, together, 3 * short_model.lm.cfg.context)
     assert together[2].done and together[1].done and not together[0].done
     assert together[0].base > 0  # the endless stream re-prompted while batched with the others
-    for a, b in zip(alone, together):
-        assert (a.column, a.base, a.frames_ready) == (b.column, b.base, b.frames_ready)
-        assert torch.equal(torch.cat(got[id(b)], -1), torch.cat(got[id(a)], -1))
 
 
 def test_step_streams_with_graph_streams(short_model, monkeypatch):

@@ -4,6 +4,7 @@ as a transformers model, load to the same model."""
 import pytest
 import torch
 
+import model_folders
 import support
 from segue.models.errors import ModelFileError
 from segue.models.loading.audiocraft_format import parse_xp_cfg
@@ -48,22 +49,10 @@ def test_pointer_codec_fetches_the_named_encodec(tiny, t5_folder, tmp_path):
         assert torch.equal(codec.encode(x), hf.audio_encoder.encode(x, bandwidth=2.2).audio_codes[0])
 
 
-def test_audiogen_style_export_loads_and_generates(t5_folder, tmp_path):
+def test_audiogen_style_export_loads_and_generates(tmp_path):
     """AudioGen: 16 kHz codec (hop 320, constant padding), 10 s segments, its own solver name."""
-    from transformers import (MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration)
-
-    torch.manual_seed(3)
-    tok = support.char_tokenizer()
-    from transformers import T5Config
-
-    t5 = T5Config(vocab_size=len(tok), d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-    cfg = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=support.hf_encodec_config("16k").to_dict(),
-                         decoder=MusicgenDecoderConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2,
-                                                       num_attention_heads=4, ffn_dim=64).to_dict())
-    hf = MusicgenForConditionalGeneration(cfg).eval()
-    support.init_codebooks(hf.audio_encoder)
-    folder = support.export_audiocraft(hf, tok, tmp_path / "audiogen", t5_name=str(t5_folder),
-                                       solver="audiogen/audiogen_base_16khz", duration=10.0)
+    hf, tok = model_folders.hf_audiogen()
+    folder = model_folders.audiogen(tmp_path / "audiogen", (hf, tok))
     model = load_model(str(folder))
     assert model.info.kind == "audiogen" and model.sample_rate == 16000 and model.hop_length == 320
     assert model.lm.cfg.max_duration == 10.0 and model.codec.cfg.pad_mode == "constant"
