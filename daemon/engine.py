@@ -332,9 +332,8 @@ class Engine:
                     requested_at=t, held_back_s=round(held, 3))
         files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta,
                           prompt_codes, prompt_audio, melody_audio)
-        run = Run(rid, kind, take, voice, files, samples, self.sr, m, self.audio.out_channels,
+        run = Run(rid, kind, take, voice, files, samples, self.sr, slot, self.audio.out_channels,
                   round(self.cfg.end_fade * self.sr))
-        run.slot = slot
         self.runs.append(run)
         self._changed = True
         if self.cfg.pace != "asap":

@@ -9,11 +9,11 @@ import time
 import numpy as np
 import soxr
 
+from segue.daemon.model_slot import Loaded
 from segue.daemon.playback import Voice, ramp
 from segue.daemon.takes import TakeFiles
 from segue.models.audio import match_channels
 from segue.models.generation import Take
-from segue.models.musicgen import MusicGen
 
 
 class Release:
@@ -45,8 +45,10 @@ class Run:
     """One take inside the engine: generation, resampling, files and voice."""
 
     def __init__(self, tid: int, kind: str, take: Take, voice: Voice, files: TakeFiles, total: int | None,
-                 device_rate: int, model: MusicGen, out_channels: int, end_fade: int):
+                 device_rate: int, slot: Loaded, out_channels: int, end_fade: int):
         self.id, self.kind, self.take, self.voice, self.files, self.total = tid, kind, take, voice, files, total
+        self.slot = slot  # the model the take was made on: it is stepped with that model's other takes
+        model = slot.model
         self.resampler = None if model.sample_rate == device_rate else soxr.ResampleStream(
             model.sample_rate, device_rate, model.channels, dtype="float32", quality="HQ")
         self.release = Release(total, end_fade)
