@@ -290,4 +290,5 @@ def list_devices() -> str:
         import sounddevice as sd
     except OSError as exc:
         raise AudioDeviceError(f"PortAudio is not installed ({exc}); install libportaudio2") from exc
-    return str(sd.query_devices())
+    listing = str(sd.query_devices())
+    return "Audio devices (--audio-device NAME|INDEX):\n" + (listing or "  none (no sound card, no JACK server)")

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--wait", action="store_true", help="print the request's events until it is done")
     n.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply (default 10)")
 
-    sub.add_parser("devices", help="list audio devices")
+    sub.add_parser("devices", help="list audio devices and MIDI inputs")
 
     b = sub.add_parser("bridge", help="OSC and MIDI here, the daemon on another machine: forward commands over "
                                       "ZeroMQ and play its audio stream on this sound card, in time",
@@ -195,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(Path(args.out), args.audio_device)
         elif args.command == "devices":
             from segue.daemon.audio_io import list_devices
+            from segue.osc_bridge.midi_input import list_midi_inputs
 
             print(list_devices())
+            print(list_midi_inputs())
     except SegueError as exc:
         print(f"segue: error: {exc}", file=sys.stderr)
         return 2

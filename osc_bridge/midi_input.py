@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,38 @@ def _backend(api: str):
     if api not in APIS:
         raise MidiError(f"MIDI API must be jack, alsa or auto, got {api!r}")
     return mido.Backend(f"mido.backends.rtmidi/{APIS[api]}", load=True), api
+
+
+@contextmanager
+def _quiet_stderr():
+    """libjack reports a missing server on the C stderr, line after line; a listing says it once, itself."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def list_midi_inputs() -> str:
+    """The MIDI inputs each API offers (what `--midi NAME --midi-api API` can open), or why an API offers none."""
+    lines = ["MIDI inputs (--midi NAME --midi-api API):"]
+    for api in APIS:
+        if api == "alsa" and not alsa_sequencer():
+            lines.append("  alsa: none (no ALSA sequencer: /dev/snd/seq is missing)")
+            continue
+        try:
+            with _quiet_stderr():
+                names = _backend(api)[0].get_input_names()
+        except Exception as exc:  # rtmidi's errors: no JACK server, a sequencer that cannot be opened
+            lines.append(f"  {api}: none ({exc})")
+            continue
+        lines.append(f"  {api}: " + ("none (no input ports)" if not names else ""))
+        lines += [f"    {n}" for n in names]
+    return "\n".join(lines)
 
 
 class MidiInput(Service):

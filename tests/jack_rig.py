@@ -105,7 +105,7 @@ class JackServer:
         return [p for p in out.split("\n") if p.startswith(pattern)]
 
 
-def _client(server: JackServer, name: str):
+def jack_client(server: JackServer, name: str):
     os.environ["JACK_DEFAULT_SERVER"] = server.name  # jack.Client reads the server name from the environment
     os.environ["JACK_NO_START_SERVER"] = "1"
     import jack
@@ -117,7 +117,7 @@ class Recorder:
     """Records `ports` (the daemon's outputs) into a preallocated buffer indexed by JACK frame."""
 
     def __init__(self, server: JackServer, seconds: float = 120.0, channels: int = 2):
-        self.client = _client(server, "segue-rec")
+        self.client = jack_client(server, "segue-rec")
         self.ins = [self.client.inports.register(f"in_{i}") for i in range(channels)]
         self.buf = np.zeros((int(seconds * server.rate), channels), dtype=np.float32)
         # Which frames this client actually saw: on a busy 2-core box the test's own Python callback can miss JACK
@@ -195,7 +195,7 @@ class Player:
     """Plays `loop` [n, C] forever: sample f % n at JACK frame f, so the loop's bar lines sit on the JACK grid."""
 
     def __init__(self, server: JackServer, loop: np.ndarray):
-        self.client = _client(server, "segue-play")
+        self.client = jack_client(server, "segue-play")
         self.loop = np.concatenate([loop, loop]).astype(np.float32)  # any period-sized window is one slice
         self.n = len(loop)
         self.outs = [self.client.outports.register(f"out_{i}") for i in range(loop.shape[1])]

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from pythonosc.osc_packet import OscPacket
 
-from jack_rig import Daemon
+from jack_rig import Daemon, JackServer, jack_client
 from segue.daemon.client import Client
 from segue.daemon.serve import SettingsError, load_settings
 from segue.osc_bridge.osc_server import encode
@@ -109,3 +109,41 @@ def test_pace_asap_renders_takes_faster_than_real_time(tmp_path):
         daemon.stop()
     assert done["samples"] == 6 * 48000 and done["state"] == "done"
     assert took < 6.0, f"a 6 s take took {took:.1f} s to render"  # the demo model runs several times real time
+
+
+def _devices(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "segue.daemon.cli", "devices"], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_devices_without_a_jack_server_says_so_once(tmp_path):
+    env = dict(os.environ, JACK_DEFAULT_SERVER=f"segue-none-{os.getpid()}", JACK_NO_START_SERVER="1")
+    out = _devices(env)
+    assert out.returncode == 0, out.stderr
+    midi = out.stdout.split("MIDI inputs")[1]
+    assert "jack: none (" in midi and "not running" in midi
+    assert "Audio devices" in out.stdout
+    assert "Jack" not in out.stderr  # libjack's own complaints stay out of the listing
+
+
+@pytest.mark.slow
+def test_devices_lists_the_jack_server_and_its_midi_sources(tmp_path):
+    """On a JACK server: PortAudio's JACK device (what `--audio-device system` opens) and a JACK client's MIDI
+    output (what `--midi keys --midi-api jack` opens)."""
+
+    server = JackServer()
+    server.start()
+    try:
+        keys = jack_client(server, "segue-test-keys")
+        keys.midi_outports.register("keys")
+        keys.activate()
+        out = _devices(server.env)
+        keys.deactivate()
+        keys.close()
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr
+    audio, midi = out.stdout.split("MIDI inputs")
+    assert "system" in audio and "JACK Audio Connection Kit" in audio
+    jack_lines = midi.split("jack:")[1].split("alsa:")[0]
+    assert "segue-test-keys:keys" in jack_lines
