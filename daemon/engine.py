@@ -61,8 +61,10 @@ class Engine:
         self.audio, self.cfg, self.emit = audio, cfg, emit
         self.current = Loaded(model)  # new takes use it
         self.loaded: list[Loaded] = [self.current]  # the current model, older ones still playing or kept
+        self.headroom = math.inf  # seconds the least-ahead generating take has queued past the playhead
         self.loader = None if load is None else ModelLoader(
-            load, lambda m: warm_up(m, cfg.chunk_frames, cfg.stream_pool), self._loaded)
+            load, lambda m: warm_up(m, cfg.chunk_frames, cfg.stream_pool), self._loaded, lambda: self.headroom,
+            cfg.load_headroom, cfg.load_wait)
         cfg.takes_dir.mkdir(parents=True, exist_ok=True)
         self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
         self.sr = audio.sample_rate
@@ -72,6 +74,7 @@ class Engine:
         guard = 2 * audio.block
         self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2)  # a transport sets `mixer.publish`
         self.min_horizon = max(4 * audio.block, round(cfg.min_horizon * self.sr))
+        self.load_horizon = max(self.min_horizon, round(cfg.load_horizon * self.sr))
         self.horizon = self.min_horizon
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ids = itertools.count(self._first_id())
@@ -163,8 +166,10 @@ class Engine:
                 worked = False
             dt = time.monotonic() - t0
             self.iter_time = max(dt, 0.9 * self.iter_time)
-            # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least the floor.
-            self.horizon = int(min(self.mixer.max_horizon, max(self.min_horizon, 3 * self.iter_time * self.sr)))
+            # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least the floor
+            # (a deeper one while a model loads beside the engine).
+            floor = self.min_horizon if self.loader is None or self.loader.loading is None else self.load_horizon
+            self.horizon = int(min(self.mixer.max_horizon, max(floor, 3 * self.iter_time * self.sr)))
             if not worked:
                 self._wake.wait(timeout=max(0.002, 0.25 * self.horizon / self.sr))
                 self._wake.clear()
@@ -355,6 +360,7 @@ class Engine:
         """One LM step for every take that still needs audio, batched into one call; True if any work was done."""
         playhead = self.audio.bus.read_pos
         due: list[Run] = []
+        ahead = math.inf
         for run in self.runs:
             if not run.generating:
                 continue
@@ -363,9 +369,11 @@ class Engine:
             if end is not None and v.queued_end >= end:
                 run.stop_generating()  # stopped: nothing more will be heard
                 continue
+            ahead = min(ahead, v.queued_end - playhead)
             if run.total is None and self.cfg.pace != "asap" and v.queued_end - playhead > self.cfg.max_lead * self.sr:
                 continue  # an endless take far enough ahead waits for the playhead
             due.append(run)
+        self.headroom = ahead / self.sr  # read by the model loader's thread (a float: replaced whole)
         if not due:
             return False
         t = time.monotonic()

@@ -12,6 +12,7 @@ import errno
 import gc
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Loaded:
     rate: float = 1.0  # audio seconds one take generates per wall second (measured at warm-up)
     first_latency: float = 0.5  # seconds from request to a take's first chunk (measured at warm-up)
     load_s: float = 0.0
+    load_wait_s: float = 0.0  # of load_s: waiting for the playing takes to get far enough ahead
 
     @property
     def ref(self) -> str:
@@ -58,7 +60,7 @@ class Loaded:
                     channels=m.channels, codebooks=m.lm.cfg.n_q, device=str(m.device),
                     dtype=str(m.lm.dtype).replace("torch.", ""), weights_mb=round(self.weight_bytes / 2**20, 1),
                     idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3),
-                    load_s=round(self.load_s, 2))
+                    load_s=round(self.load_s, 2), load_wait_s=round(self.load_wait_s, 2))
 
 
 def _stream_bytes(stream) -> int:
@@ -121,16 +123,27 @@ def out_of_memory(exc: BaseException | None) -> bool:
 class ModelLoader:
     """Loads one model at a time on its own thread and hands it over with `deliver(rid, ref, loaded, error)`.
 
+    Reading and warming up a model share the cores (and the interpreter lock) with the engine. A take that has just
+    started has only its pacing lead queued, so before each heavy part the loader waits, `max_wait` seconds at most,
+    until every playing take is `min_headroom` seconds ahead of the playhead (`headroom()`); and it runs at a lower
+    OS priority than the engine and the audio.
+
     Args:
         load: model reference -> MusicGen on the daemon's device and dtype (reads the files; may raise).
         prepare: MusicGen -> Loaded (the warm-up).
         deliver: called on the loader thread when done, with the `Loaded` or the `CommandError` that says why not.
+        headroom: seconds of audio the least-ahead playing take has queued (inf with none playing); read from the
+            loader thread.
     """
 
     def __init__(self, load: Callable[[str], MusicGen], prepare: Callable[[MusicGen], Loaded],
-                 deliver: Callable[[int, str, Loaded | None, CommandError | None], None]):
+                 deliver: Callable[[int, str, Loaded | None, CommandError | None], None],
+                 headroom: Callable[[], float] = lambda: float("inf"), min_headroom: float = 1.0,
+                 max_wait: float = 5.0):
         self.load, self.prepare, self.deliver = load, prepare, deliver
+        self.headroom, self.min_headroom, self.max_wait = headroom, min_headroom, max_wait
         self.loading: tuple[int, str, float] | None = None  # (request id, ref, monotonic start)
+        self.waiting = False  # for the playing takes to get ahead
         self._lock = threading.Lock()  # request() may come from the engine while the thread is finishing
 
     def request(self, rid: int, ref: str) -> None:
@@ -143,17 +156,33 @@ class ModelLoader:
 
     def status(self) -> dict | None:
         busy = self.loading
-        return None if busy is None else dict(model=busy[1], id=busy[0], for_s=round(time.monotonic() - busy[2], 1))
+        return None if busy is None else dict(model=busy[1], id=busy[0], for_s=round(time.monotonic() - busy[2], 1),
+                                              waiting_for_takes=self.waiting)
+
+    def _wait_for_headroom(self) -> float:
+        """Until the playing takes are far enough ahead (at most `max_wait`) -> seconds waited."""
+        t0 = time.monotonic()
+        self.waiting = True
+        while self.headroom() < self.min_headroom and time.monotonic() - t0 < self.max_wait:
+            time.sleep(0.02)
+        self.waiting = False
+        return time.monotonic() - t0
 
     def _run(self, rid: int, ref: str) -> None:
         t0 = time.monotonic()
         loaded = error = None
         try:
+            try:  # this thread only (Linux threads have their own nice value; the engine's stay as they are)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            except (AttributeError, OSError):
+                pass
+            waited = self._wait_for_headroom()
             model = self.load(ref)
             if model.lm is None:
                 raise SegueError(f"{ref} has no language model (a codec only); load a MusicGen or AudioGen model")
+            waited += self._wait_for_headroom()
             loaded = self.prepare(model)
-            loaded.load_s = time.monotonic() - t0
+            loaded.load_s, loaded.load_wait_s = time.monotonic() - t0, waited
         except CommandError as exc:
             error = exc
         except BaseException as exc:  # noqa: BLE001 - whatever stops a load, the model playing stays

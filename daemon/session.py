@@ -29,6 +29,13 @@ class EngineConfig:
     # Models kept loaded after `set model=` replaced them (0: an old model goes once its last take has ended), so
     # that switching back is instant. Each costs its weights and its idle streams in memory.
     keep_models: int = 0
+    # `set model=`: before reading and before warming up the new model, wait (at most `load_wait` s) until every
+    # playing take has `load_headroom` s of audio queued, so that the load cannot make it run dry.
+    load_headroom: float = 1.0
+    load_wait: float = 5.0
+    # Seconds of mix the bus holds while a model loads: the loader shares the interpreter lock, so the engine thread
+    # can be kept waiting longer than `min_horizon`. A stop or a crossfade acts that much later meanwhile.
+    load_horizon: float = 0.5
 
 
 @dataclass
