@@ -369,8 +369,9 @@ class Engine:
             if end is not None and v.queued_end >= end:
                 run.stop_generating()  # stopped: nothing more will be heard
                 continue
-            ahead = min(ahead, v.queued_end - playhead)
-            if run.total is None and self.cfg.pace != "asap" and v.queued_end - playhead > self.cfg.max_lead * self.sr:
+            queued = v.queued_end - playhead
+            ahead = min(ahead, queued)
+            if run.total is None and self.cfg.pace != "asap" and queued > self.cfg.max_lead * self.sr:
                 continue  # an endless take far enough ahead waits for the playhead
             due.append(run)
         self.headroom = ahead / self.sr  # read by the model loader's thread (a float: replaced whole)
