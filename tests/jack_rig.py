@@ -4,6 +4,7 @@
   sound card), stopped and restarted at will.
 - `Player`: a JACK client that plays a loop into the daemon's input ports, sample `f % len(loop)` at JACK frame f.
 - `Recorder`: a JACK client that records the daemon's output ports, indexed by JACK frame.
+  Both run in processes of their own (`jack_clients.py`), so that the test's own Python never delays their cycles.
 - `Daemon`: `segue serve --model demo` on that server (`segue.daemon.launch.ServeProcess`).
 - `song_rig`: all of these around the shipped 2-bar loop at 120 bpm; `continue_on_the_bar_line`: the end-to-end
   check of a live continuation (on the bar line, exact, no underrun).
@@ -20,9 +21,11 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from contextlib import contextmanager
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -113,36 +116,70 @@ def jack_client(server: JackServer, name: str):
     return jack.Client(name, servername=server.name, no_start_server=True)
 
 
+class _ClientProcess:
+    """One of the test's JACK clients in a process of its own (`jack_clients.py`), sharing `shm` with this one."""
+
+    def __init__(self, server: JackServer, mode: str, shm: shared_memory.SharedMemory, frames: int, channels: int):
+        self.shm = shm
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("jack_clients.py")), mode,
+                                      server.name, shm.name, str(frames), str(channels)], env=server.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     preexec_fn=_die_with_parent)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError(f"the JACK {mode} client did not start (exit {self.proc.wait(5)})")
+
+    def connect(self, ports: list[str]) -> None:
+        self.proc.stdin.write(" ".join(ports) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "ok", "the JACK client could not connect"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.shm.close()
+        self.shm.unlink()
+
+
 class Recorder:
-    """Records `ports` (the daemon's outputs) into a preallocated buffer indexed by JACK frame."""
+    """Records `ports` (the daemon's outputs) into a preallocated buffer indexed by JACK frame, from a process of its
+    own (`jack_clients.py`). `client` is a JACK client here that is never activated: it reads JACK's clock and
+    transport without joining the graph."""
 
     def __init__(self, server: JackServer, seconds: float = 120.0, channels: int = 2):
-        self.client = jack_client(server, "segue-rec")
-        self.ins = [self.client.inports.register(f"in_{i}") for i in range(channels)]
-        self.buf = np.zeros((int(seconds * server.rate), channels), dtype=np.float32)
-        # Which frames this client actually saw: on a busy 2-core box the test's own Python callback can miss JACK
-        # cycles, and a cycle it missed is no evidence about the daemon.
-        self.seen = np.zeros(len(self.buf), dtype=bool)
-        self.first: int | None = None  # JACK frame of buf[0]
-        self.end = 0  # samples recorded
-        self.client.set_process_callback(self._process)
+        from jack_clients import recording_layout
 
-    def _process(self, frames: int) -> None:
-        f = self.client.last_frame_time
-        if self.first is None:
-            self.first = f
-        i = f - self.first
-        if i + frames > len(self.buf):
-            return
-        for c, port in enumerate(self.ins):
-            self.buf[i : i + frames, c] = port.get_array()
-        self.seen[i : i + frames] = True
-        self.end = i + frames
+        n = int(seconds * server.rate)
+        at, seen_at, size = recording_layout(n, channels)
+        shm = shared_memory.SharedMemory(create=True, size=size)
+        self._head = np.ndarray((2,), np.int64, shm.buf)
+        self._head[:] = (-1, 0)
+        self.buf = np.ndarray((n, channels), np.float32, shm.buf, at)
+        self.buf[:] = 0.0
+        # Which frames the recorder actually saw: on a busy 2-core box even a client of its own can miss a JACK
+        # cycle, and a cycle it missed is no evidence about the daemon.
+        self.seen = np.ndarray((n,), np.bool_, shm.buf, seen_at)
+        self.seen[:] = False
+        self.client = jack_client(server, "segue-clock")
+        self._proc = _ClientProcess(server, "record", shm, n, channels)
+
+    @property
+    def first(self) -> int | None:
+        """JACK frame of buf[0]."""
+        f = int(self._head[0])
+        return None if f < 0 else f
+
+    @property
+    def end(self) -> int:
+        """Samples recorded."""
+        return int(self._head[1])
 
     def connect(self, sources: list[str]) -> None:
-        self.client.activate()
-        for src, port in zip(sources, self.ins):
-            self.client.connect(src, port)
+        self._proc.connect(sources)
         deadline = time.monotonic() + 5
         while self.end == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # recording has begun: `first` is known
@@ -187,33 +224,24 @@ class Recorder:
         return self.first + self.end
 
     def close(self) -> None:
-        self.client.deactivate()
+        self._proc.close()
         self.client.close()
 
 
 class Player:
-    """Plays `loop` [n, C] forever: sample f % n at JACK frame f, so the loop's bar lines sit on the JACK grid."""
+    """Plays `loop` [n, C] forever, from a process of its own: sample f % n at JACK frame f, so the loop's bar lines
+    sit on the JACK grid."""
 
     def __init__(self, server: JackServer, loop: np.ndarray):
-        self.client = jack_client(server, "segue-play")
-        self.loop = np.concatenate([loop, loop]).astype(np.float32)  # any period-sized window is one slice
-        self.n = len(loop)
-        self.outs = [self.client.outports.register(f"out_{i}") for i in range(loop.shape[1])]
-        self.client.set_process_callback(self._process)
-
-    def _process(self, frames: int) -> None:
-        i = self.client.last_frame_time % self.n
-        for c, port in enumerate(self.outs):
-            port.get_array()[:] = self.loop[i : i + frames, c]
+        shm = shared_memory.SharedMemory(create=True, size=loop.astype(np.float32).nbytes)
+        np.ndarray(loop.shape, np.float32, shm.buf)[:] = loop
+        self._proc = _ClientProcess(server, "play", shm, loop.shape[0], loop.shape[1])
 
     def connect(self, targets: list[str]) -> None:
-        self.client.activate()
-        for port, dst in zip(self.outs, targets):
-            self.client.connect(port, dst)
+        self._proc.connect(targets)
 
     def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
+        self._proc.close()
 
 
 def Daemon(takes: Path, args: list[str], env: dict | None = None, model: str = "demo") -> ServeProcess:
