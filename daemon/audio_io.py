@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segue.daemon.rings import BLOCK_NS, BLOCK_POS, BLOCKS, GO, XRUN_FLAGS, XRUNS, SharedAudio
+from segue.daemon.rings import BLOCK_NS, BLOCK_POS, BLOCKS, GO, MISSED, XRUN_FLAGS, XRUNS, SharedAudio
 from segue.daemon.service import Service
 from segue.models.errors import SegueError
 
@@ -68,9 +68,14 @@ class Audio:
         self.error: str | None = None
         self.reopened = 0  # times a lost device came back
 
-    def process(self, indata: np.ndarray | None, outdata: np.ndarray) -> None:
-        """One audio block. Runs on the audio thread (or in the audio worker)."""
+    def process(self, indata: np.ndarray | None, outdata: np.ndarray, missed: int = 0) -> None:
+        """One audio block. Runs on the audio thread (or in the audio worker). `missed`: samples the device went
+        through since the previous block without calling us (they were neither recorded nor played)."""
         c = self.counters
+        if missed:
+            self.input.skip(missed)
+            self.bus.skip(missed)
+            c[MISSED] += missed
         if indata is None:
             self.input.skip(len(outdata))
         else:
@@ -97,7 +102,8 @@ class Audio:
         return dict(audio_device=self.name, host_api=self.host_api, running=self.running, error=self.error,
                     reopened=self.reopened, sample_rate=self.sample_rate, block=self.block,
                     output_latency=self.output_latency, input_latency=self.input_latency, xruns=self.xruns,
-                    xrun_flags=int(self.counters[XRUN_FLAGS]), underruns=self.bus.underruns, clock=int(self.now()))
+                    xrun_flags=int(self.counters[XRUN_FLAGS]), missed=int(self.counters[MISSED]),
+                    underruns=self.bus.underruns, clock=int(self.now()))
 
     def start(self) -> None:
         raise NotImplementedError

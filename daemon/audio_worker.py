@@ -45,6 +45,29 @@ def _find_device(sd, name: str | None, kind: str) -> int | None:
     return matches[0]
 
 
+class _JackCycles:
+    """Frames of the JACK graph that went by without our callback.
+
+    A client that is late (or stopped) is not called for the cycles it missed; counting callbacks, the clock would
+    then fall a block behind the song for good at each one. JACK's frame counter at the start of the current cycle
+    (read through a client of our own that is never activated, so it costs the graph nothing) says how many frames
+    passed since the previous callback.
+    """
+
+    def __init__(self):
+        os.environ.setdefault("JACK_NO_START_SERVER", "1")
+        import jack
+
+        self.client = jack.Client("segue-clock", no_start_server=True)
+        self.prev: int | None = None
+
+    def missed(self, frames: int) -> int:
+        f = self.client.last_frame_time
+        gap = 0 if self.prev is None else (f - self.prev - frames) & 0xFFFFFFFF  # JACK frames are uint32
+        self.prev = f
+        return gap if gap < 1 << 31 else 0  # a cycle seen twice (never expected) moves nothing back
+
+
 def main(argv: list[str]) -> int:
     cfg = json.loads(argv[0])
     try:
@@ -76,15 +99,22 @@ def main(argv: list[str]) -> int:
     shared = SharedAudio.attach(msg["shm"], tuple(msg["layout"]))
     audio = Audio(rate, in_ch, out_ch, cfg["block_size"], shared)
     c = shared.counters
+    cycles = None
+    if host_api == JACK:
+        try:
+            cycles = _JackCycles()
+        except Exception:  # noqa: BLE001 - without it the clock counts callbacks, as on other host APIs
+            cycles = None
 
     def callback(indata, outdata, frames, time_info, status) -> None:
+        missed = cycles.missed(frames) if cycles is not None else 0
         if not c[GO]:
             outdata.fill(0.0)
             return
         if status:
             c[XRUNS] += 1
             c[XRUN_FLAGS] |= int(status._flags)
-        audio.process(indata if in_ch else None, outdata)
+        audio.process(indata if in_ch else None, outdata, missed)
 
     def output_callback(outdata, frames, time_info, status) -> None:  # an output-only stream: no input block
         callback(None, outdata, frames, time_info, status)

@@ -17,7 +17,7 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 # Cells of the counters array shared by the audio callback and the engine.
-IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS, BLOCKS, GO = range(10)
+IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS, BLOCKS, GO, MISSED = range(11)
 N_COUNTERS = 16
 
 
@@ -93,6 +93,17 @@ class MixBus:
         self.buf[i : i + first] = 0.0
         if first < n:
             out[first:] = self.buf[: n - first]
+            self.buf[: n - first] = 0.0
+        self.read_pos = r + n
+
+    def skip(self, n: int) -> None:
+        """Callback side: `n` samples the device played without us (a cycle the server skipped us for) are gone:
+        the playhead moves past them, so that what follows stays on the device's clock."""
+        r, cap = self.read_pos, self.capacity
+        i = r % cap
+        first = min(n, cap - i)
+        self.buf[i : i + first] = 0.0
+        if first < n:
             self.buf[: n - first] = 0.0
         self.read_pos = r + n
 

@@ -23,6 +23,23 @@ def test_bus_plays_what_was_written_and_counts_underruns():
     assert out.sum() == 0 and bus.underruns == 1  # not filled: silence, counted
 
 
+def test_missed_cycles_move_both_rings_on_with_the_device_clock():
+    """Frames the device went through without calling back are skipped in the input (silence) and in the mix (never
+    heard, and not heard later either): what follows stays on the device's clock, and the frames are counted."""
+    from segue.daemon.audio_io import Audio
+
+    audio = Audio(48000, 1, 1, 256)
+    mix = np.arange(4096, dtype=np.float32)[:, None]
+    audio.bus.write(0, mix)
+    block_in, out = np.ones((256, 1), np.float32), np.zeros((256, 1), np.float32)
+    audio.process(block_in, out)
+    audio.process(block_in, out, missed=512)  # two cycles went by without us
+    np.testing.assert_array_equal(out, mix[768:1024])  # what the device plays now, not what it played meanwhile
+    assert audio.bus.read_pos == audio.input.end == 1024 and audio.status()["missed"] == 512
+    np.testing.assert_array_equal(audio.input.read(0, 1024)[0], np.r_[np.ones(256), np.zeros(512), np.ones(256)])
+    assert not audio.bus.buf[256:768].any() and audio.bus.underruns == 0  # the skipped mix is gone from the ring
+
+
 def test_voice_lands_on_its_start_sample_and_stop_fades_without_a_step():
     bus = MixBus(1, 48000)
     mixer = Mixer(bus, guard=256, max_horizon=24000)
