@@ -5,6 +5,9 @@ JACK frame (see `jack_rig.song_rig` for the grid and the time convention).
 """
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from jack_rig import BAR, BEAT, PERIOD, RATE, continue_on_the_bar_line, song_rig
+from support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,19 +33,61 @@ def test_continue_last_two_bars_starts_on_the_bar_line_and_equals_its_take(rig):
     server, daemon, recorder, client, loop = rig
     done = continue_on_the_bar_line(server, recorder, client, "demo")
 
-    # The prompt was the last two whole bars of the loop as played, shifted by the round trip the daemon assumes
-    # (a musician hears the output L late and is heard by the input its capture latency late).
+    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=2)
+
+
+def _assert_prompt_is_the_loop_as_played(client, done: dict, loop: np.ndarray, bars: int) -> None:
+    """The prompt of a `continue source=live last_bars=N` take was the last N whole bars of the loop as played,
+    shifted by the round trip the daemon assumes (a musician hears the output L late and is heard by the input its
+    capture latency late).
+
+    Where the shift lands on the loop: the daemon hands clock sample c to PortAudio one JACK cycle before c reaches
+    the graph (PortAudio's JACK back end passes a callback's output on a period later, and the daemon's output
+    latency counts that period), while the loop player's frame F reaches the daemon's input in cycle F itself. So the
+    callback that plays bar line B comes one period before the JACK bar line, and input sample B + rt is the loop
+    sample rt - one period past it."""
     after = client.request("status")["status"]["audio"]
     heard, _ = sf.read(done["path"].replace(".wav", ".prompt.wav"), dtype="float32", always_2d=True)
-    assert len(heard) == 2 * BAR
-    rt = after["output_latency"] + after["input_latency"]
+    assert len(heard) == bars * BAR
+    rt = after["output_latency"] + after["input_latency"] - BLOCK
     shift = int(np.argmax([np.dot(heard[:BEAT, 0], np.roll(loop[:, 0], -k)[:BEAT]) for k in
                            range(0, 2 * BAR, BLOCK)]))
     coarse = shift * BLOCK
     fine = [k for k in range(coarse - BLOCK, coarse + BLOCK + 1)
-            if np.allclose(heard, np.roll(loop, -k, axis=0), atol=1e-6)]
+            if np.allclose(heard, np.roll(loop, -k, axis=0)[: len(heard)], atol=1e-6)]
     assert fine, "the prompt is not the loop as played"
     assert min((fine[0] - rt) % BAR, BAR - (fine[0] - rt) % BAR) <= BLOCK
+
+
+def test_a_stalled_audio_client_comes_back_on_the_song_grid(rig):
+    """JACK does not call a client for the cycles it is late for. The daemon's audio process stopped for 0.3 s
+    (~56 cycles without it) comes back on the song's grid without a new `tempo`: the status counts the frames that
+    went by, a take asked for afterwards starts on a bar line of the JACK grid, and the live input afterwards is
+    the loop in its place."""
+    server, daemon, recorder, client, loop = rig
+    audio = lambda: client.request("status")["status"]["audio"]  # noqa: E731
+    missed = audio()["missed"]
+    (worker,) = [int(p) for p in subprocess.run(["pgrep", "-P", str(daemon.proc.pid), "-f", "audio_worker"],
+                                                capture_output=True, text=True).stdout.split()]
+    os.kill(worker, signal.SIGSTOP)
+    time.sleep(0.3)
+    os.kill(worker, signal.SIGCONT)
+    wait_until(lambda: audio()["missed"] > missed, 5, "the missed cycles in status")
+    gone = audio()["missed"] - missed
+    assert gone % BLOCK == 0 and 0.2 * RATE <= gone <= 0.6 * RATE, gone
+
+    time.sleep(2.2 * BAR / RATE)  # the last whole bar before the request comes after the stall
+    t0 = recorder.client.frame_time
+    done = client.wait(client.request("continue", source="live", last_bars=1, bars=1, start="next_bar",
+                                      seed=8)["id"], timeout=60)
+    assert done["state"] == "done" and done["dropped"] == 0
+    recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
+    first, _ = recorder.loud_span(t0, recorder.last_frame)
+    phase = first % BAR
+    assert min(phase, BAR - phase) <= BLOCK, f"the take starts {phase} samples off the bar line"
+    take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
+    recorder.assert_heard(first, take)
+    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=1)
 
 
 def test_stop_fades_out_without_a_click(rig):
