@@ -31,6 +31,16 @@ def _cell(i: int, doc: str) -> property:
     return property(get, set, doc=doc)
 
 
+def _clear(buf: np.ndarray, start: int, n: int) -> None:
+    """Zero `n` ring cells from absolute sample `start` on, across the wrap (no allocation)."""
+    cap = len(buf)
+    i = start % cap
+    first = min(n, cap - i)
+    buf[i : i + first] = 0.0
+    if first < n:
+        buf[: n - first] = 0.0
+
+
 class InputRing:
     end = _cell(IN_END, "clock sample after the newest recorded one (written by the callback only)")
 
@@ -52,11 +62,7 @@ class InputRing:
 
     def skip(self, n: int) -> None:
         """Callback side with no input device: the clock advances over silence."""
-        i, cap = self.end % self.capacity, self.capacity
-        first = min(n, cap - i)
-        self.buf[i : i + first] = 0.0
-        if first < n:
-            self.buf[: n - first] = 0.0
+        _clear(self.buf, self.end, n)
         self.end += n
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -99,13 +105,8 @@ class MixBus:
     def skip(self, n: int) -> None:
         """Callback side: `n` samples the device played without us (a cycle the server skipped us for) are gone:
         the playhead moves past them, so that what follows stays on the device's clock."""
-        r, cap = self.read_pos, self.capacity
-        i = r % cap
-        first = min(n, cap - i)
-        self.buf[i : i + first] = 0.0
-        if first < n:
-            self.buf[: n - first] = 0.0
-        self.read_pos = r + n
+        _clear(self.buf, self.read_pos, n)
+        self.read_pos += n
 
     def write(self, start: int, block: np.ndarray) -> int:
         """Engine side: place the mix [n, C] at clock samples [start, start + n); returns samples written.

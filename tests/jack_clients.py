@@ -3,8 +3,8 @@
 Their process callbacks run Python. In the test process they would wait for the interpreter lock whenever the
 test's own thread holds it, and on a 2-core box that thread is often preempted by the daemon's model threads while
 holding it: the client misses its JACK cycle, and JACK then skips the clients after it in the graph, the daemon
-among them (its clock, which counts its cycles, falls a block behind the song each time). Here nothing else runs
-Python: the main thread only blocks on stdin.
+among them (its clock keeps to JACK's frames, but the audio of each skipped cycle is lost, and the recording no
+longer equals the take). Here nothing else runs Python: the main thread only blocks on stdin.
 
   play SERVER SHM FRAMES CHANNELS     plays the loop [FRAMES, CHANNELS] float32 in SHM: sample f % FRAMES at frame f
   record SERVER SHM FRAMES CHANNELS   records into SHM (int64 first frame (-1: none yet), int64 frames recorded,
