@@ -91,7 +91,8 @@ SHAPES = {  # audiocraft model_scale: dim / heads / layers, FFN 4 x dim
 def memory_needed(shape: str, dtype: torch.dtype) -> int:
     """Bytes a comparison of `shape` holds at its peak: one copy of the weights, segue's q/k/v packing before
     transformers' copies are dropped, segue's preallocated cache, and 1 GiB for everything else."""
-    s, elt = SHAPES[shape], torch.finfo(dtype).bits // 8
+    s = SHAPES[shape]
+    elt = 5 if dtype == "int8" else torch.finfo(dtype).bits // 8  # int8: the float32 weights and the int8 ones
     return s.params() * elt + 3 * s.layers * s.dim**2 * elt + s.segue_cache_bytes(elt) + 2**30
 
 
@@ -300,8 +301,15 @@ def weight_floor_pieces(lm, reps: int = 5) -> list[float]:
         F.linear(x, layer.wqkv.weight), F.linear(x, layer.wo.weight), F.linear(x, layer.fc1.weight)
         F.linear(h, layer.fc2.weight)
 
-    pieces = [lambda layer=layer: layer_gemms(layer) for layer in lm.layers]
-    pieces.append(lambda: F.linear(x, lm.heads.view(-1, d)))
+    def int8_gemms(q: dict) -> None:  # an int8 LM: the same products through its int8 weights
+        q["wqkv"](x), q["wo"](x), q["fc1"](x), q["fc2"](h)
+
+    if lm.int8 is not None:
+        pieces = [lambda q=q: int8_gemms(q) for q in lm.int8]
+        pieces.append(lambda: lm.int8_heads(x))
+    else:
+        pieces = [lambda layer=layer: layer_gemms(layer) for layer in lm.layers]
+        pieces.append(lambda: F.linear(x, lm.heads.view(-1, d)))
     if lm.device.type == "cuda":
         parts = list(pieces)
         pieces = [lambda: [p() for p in parts]]
@@ -324,7 +332,10 @@ def weight_floor_ms(*pieces: list[float]) -> float:
 
 
 def floor_bytes(lm) -> int:
-    """Bytes of the tensors `weight_floor_ms` reads, counted from the tensors themselves."""
+    """Bytes of the tensors `weight_floor_ms` reads, counted from the tensors themselves (an int8 LM: its int8
+    weights and their scales)."""
+    if lm.int8 is not None:
+        return lm.int8_heads.nbytes + sum(q[n].nbytes for q in lm.int8 for n in ("wqkv", "wo", "fc1", "fc2"))
     ts = [lm.heads] + [w for layer in lm.layers for w in (layer.wqkv.weight, layer.wo.weight, layer.fc1.weight,
                                                           layer.fc2.weight)]
     return sum(t.numel() * t.element_size() for t in ts)
@@ -364,17 +375,22 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
                     ModelInfo(shape, None, "demo", "musicgen"))
 
 
-def compare(shape: str, device: torch.device, dtype: torch.dtype, plan: list[tuple[float, int]],
+def compare(shape: str, device: torch.device, dtype: torch.dtype | str, plan: list[tuple[float, int]],
             prompt: str = PROMPT) -> dict:
     """Both sides on one copy of the weights; for each (take seconds, trials) in `plan`, alternating trials.
+    dtype "int8": segue's LM quantized from those float32 weights (models/lm/quant.py), transformers in float32.
 
     Returns dict(takes=[(seconds, [segue Result per trial], [transformers Result per trial])], floor_ms,
     floor_bytes, hf_bytes, prefill_tokens)."""
     s = SHAPES[shape]
-    dname = str(dtype).replace("torch.", "")
+    int8 = dtype == "int8"
+    dname = "int8" if int8 else str(dtype).replace("torch.", "")
+    dtype = torch.float32 if int8 else dtype
     ref, tok = build_reference(shape)
     ref = ref.to(device=device, dtype=dtype)
     ours = segue_from_reference(ref, tok, shape)
+    if int8:
+        ours.lm.quantize_int8()
     chroma = random_chroma() if s.melody else None
     run_segue(ours, 10, prompt, chroma)  # warm-up (allocator, kernels, graph capture)
     run_transformers(ref, tok, 10, prompt, device, chroma)
@@ -416,7 +432,7 @@ def main(argv: list[str]) -> None:
 
     shape, device, dtype, plan, out = argv
     plan_t = [(float(a), int(b)) for a, b in (p.split(":") for p in plan.split(","))]
-    res = compare(shape, torch.device(device), getattr(torch, dtype), plan_t)
+    res = compare(shape, torch.device(device), dtype if dtype == "int8" else getattr(torch, dtype), plan_t)
     res["takes"] = [(secs, [asdict(r) for r in mine], [asdict(r) for r in theirs])
                     for secs, mine, theirs in res["takes"]]
     with open(out, "w") as f:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import batch_speed  # noqa: E402
 import codec_speed  # noqa: E402
 import daemon_latency  # noqa: E402
+import fuzz as daemon_fuzz  # noqa: E402
 import lm_speed  # noqa: E402
 
 
@@ -117,8 +118,10 @@ def wait_quiet(limit_s: float, busy: float = 0.1, window_s: float = 5.0) -> floa
 LM_CPU = [
     ("small", torch.float32, [(10, 3), (30, 1)]),
     ("small", torch.bfloat16, [(2, 2)]),
+    ("small", "int8", [(10, 3)]),  # segue's LM quantized from the same float32 weights, transformers in float32
     ("stereo-small", torch.float32, [(4, 2)]),
     ("medium", torch.float32, [(1, 3)]),
+    ("medium", "int8", [(2, 3)]),
     ("stereo-medium", torch.float32, [(1, 3)]),
     ("audiogen-medium", torch.float32, [(1, 3)]),
     ("melody", torch.float32, [(1, 3)]),
@@ -172,7 +175,7 @@ def lm_rows(shape, device, dtype, plan):
 
 
 def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = None,
-               wait_s: float = 900) -> dict:
+               wait_s: float = 900, dtypes: list[str] | None = None) -> dict:
     """The LM section: every shape this machine can hold, each compared with transformers on one weight copy."""
     cpu = torch.device("cpu")
     plans = [(cpu, p) for p in (LM_CPU_QUICK if quick else LM_CPU)]
@@ -181,7 +184,7 @@ def measure_lm(quick: bool, shapes: list[str] | None = None, note: str | None = 
     rows, skipped = [], []
     info, share, bandwidth = machine(), CpuShare(), None
     for device, (shape, dtype, plan) in plans:
-        if shapes and shape not in shapes:
+        if (shapes and shape not in shapes) or (dtypes and str(dtype).replace("torch.", "") not in dtypes):
             continue
         need = lm_speed.memory_needed(shape, dtype) / 2**30
         free = free_gib() if device.type == "cpu" else torch.cuda.mem_get_info(device)[0] / 2**30
@@ -226,9 +229,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["lm", "daemon", "batch"], default=None,
+    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz"], default=None,
                     help="measure one section again; the others are kept from bench/last_run.json")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
+    ap.add_argument("--dtypes", default=None, help="LM dtypes to measure, comma-separated (default: all)")
     ap.add_argument("--wait-quiet", type=float, default=900, metavar="S",
                     help="before each CPU LM shape, wait up to S seconds for other processes to leave the CPUs")
     ap.add_argument("--note", default=None, help="what else ran on the machine (written next to the LM section's "
@@ -242,8 +246,9 @@ def main() -> None:
         data = json.loads(raw.read_text())
         _upgrade(data)
         if args.only == "lm":
-            lm = measure_lm(args.quick, shapes, args.note, args.wait_quiet)
-            data["lm"] = _merge(data.get("lm"), lm) if shapes and data.get("lm") else lm
+            dtypes = args.dtypes.split(",") if args.dtypes else None
+            lm = measure_lm(args.quick, shapes, args.note, args.wait_quiet, dtypes)
+            data["lm"] = _merge(data.get("lm"), lm) if (shapes or dtypes) and data.get("lm") else lm
         elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
         if args.only:
@@ -297,7 +302,7 @@ def _batch(quick: bool) -> list[dict]:
     return rows
 
 
-SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch}
+SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure}
 
 
 def _section_info(sec: dict, info: dict) -> str:
@@ -517,7 +522,24 @@ def _reading(rows: list[dict]) -> list[str]:
     return out
 
 
-def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None) -> str:
+def render_fuzz(sec: dict, info: dict) -> list[str]:
+    r = sec["result"]
+    codes = ", ".join(f"{k} {n}" for k, n in sorted(r["codes"].items(), key=lambda kv: -kv[1]))
+    return ["", "## The daemon under a fuzz (demo model, no sound card, loopback)", "",
+            _section_info(sec, info) +
+            f"`bench/fuzz.py`: {r['zmq']:,} malformed ZeroMQ requests, then {r['osc']:,} malformed OSC datagrams "
+            "(tests/fuzz_inputs.py: bad JSON, deep nesting, 4000-digit integers, nulls, wrong types, paths outside, "
+            "negative bundle sizes, unknown type tags, cut arguments, bad UTF-8, deep bundles), to `segue serve` "
+            "while an endless take plays and another client polls `status` every 20 ms.", "",
+            "| ZeroMQ requests | answered in s | OSC datagrams | answered | in s | status p50 ms | status p99 ms | "
+            "take still playing | take dropped samples |", "|---|---|---|---|---|---|---|---|---|",
+            f"| {r['zmq']:,} | {r['zmq_s']:.1f} | {r['osc']:,} | {r['osc_answered']:,} | {r['osc_s']:.1f} | "
+            f"{r['status_p50_ms']:.1f} | **{r['status_p99_ms']:.1f}** | {'yes' if r['still_playing'] else 'NO'} | "
+            f"**{r['dropped']}** |", "",
+            f"ZeroMQ answers by code: {codes} (none `internal`)."]
+
+
+def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -535,6 +557,8 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None) -> str:
         lines += render_daemon(daemon, info)
     if batch:
         lines += render_batch(batch, info)
+    if fuzz:
+        lines += render_fuzz(fuzz, info)
     lines += ["", "## Not measured", ""] + [f"- {s}" for s in lm["skipped"]]
     lines += ["", "## Reading the numbers", ""] + _reading(lm["rows"])
     return "\n".join(lines) + "\n"

@@ -24,7 +24,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segue.daemon.rings import BLOCK_NS, BLOCK_POS, BLOCKS, GO, MISSED, XRUN_FLAGS, XRUNS, SharedAudio
+from segue.daemon.rings import (BLOCK_NS, BLOCK_POS, BLOCKS, CLOCK_SEQ, GO, LATE, MISSED, XRUN_FLAGS, XRUNS,
+                                SharedAudio)
 from segue.daemon.service import Service
 from segue.models.errors import SegueError
 
@@ -68,20 +69,32 @@ class Audio:
         self.error: str | None = None
         self.reopened = 0  # times a lost device came back
 
-    def process(self, indata: np.ndarray | None, outdata: np.ndarray, missed: int = 0) -> None:
+    def process(self, indata: np.ndarray | None, outdata: np.ndarray, missed: int = 0,
+                started_ns: int | None = None) -> None:
         """One audio block. Runs on the audio thread (or in the audio worker). `missed`: samples the device went
-        through since the previous block without calling us (they were neither recorded nor played)."""
+        through since the previous block without calling us (they were neither recorded nor played); negative when
+        the device hands us again the block it last gave (a callback that ran late read the next cycle's frame, and
+        is followed at once by the call for that cycle): the block is then played and recorded again in its place,
+        so the rings stay on the device's clock either way. `started_ns`: monotonic time at which the device's cycle
+        for this block began, when it says (JACK); otherwise the time of this call stands for it."""
         c = self.counters
-        if missed:
+        if missed > 0:
             self.input.skip(missed)
             self.bus.skip(missed)
-            c[MISSED] += missed
+        elif missed < 0:
+            self.input.back(-missed)
+            self.bus.back(-missed)
+            c[LATE] += 1
+        c[MISSED] += missed
         if indata is None:
             self.input.skip(len(outdata))
         else:
             self.input.write(indata)
+        # The pair (position, time) is read from other threads and processes: odd CLOCK_SEQ while it changes.
+        c[CLOCK_SEQ] += 1
         c[BLOCK_POS] = self.bus.read_pos
-        c[BLOCK_NS] = time.monotonic_ns()
+        c[BLOCK_NS] = time.monotonic_ns() if started_ns is None else started_ns
+        c[CLOCK_SEQ] += 1
         self.bus.play(outdata)
         c[BLOCKS] += 1
 
@@ -92,7 +105,11 @@ class Audio:
     def now(self) -> float:
         """The clock sample being heard now (output position, less the output latency)."""
         c = self.counters
-        ns, pos = int(c[BLOCK_NS]), int(c[BLOCK_POS])
+        while True:  # a consistent pair: not read while the audio callback was writing it
+            seq = int(c[CLOCK_SEQ])
+            ns, pos = int(c[BLOCK_NS]), int(c[BLOCK_POS])
+            if not seq & 1 and int(c[CLOCK_SEQ]) == seq:
+                break
         if ns == 0:
             return 0.0
         ahead = min((time.monotonic_ns() - ns) * 1e-9, 4 * self.block / self.sample_rate)  # a stalled device
@@ -103,7 +120,7 @@ class Audio:
                     reopened=self.reopened, sample_rate=self.sample_rate, block=self.block,
                     output_latency=self.output_latency, input_latency=self.input_latency, xruns=self.xruns,
                     xrun_flags=int(self.counters[XRUN_FLAGS]), missed=int(self.counters[MISSED]),
-                    underruns=self.bus.underruns, clock=int(self.now()))
+                    late=int(self.counters[LATE]), underruns=self.bus.underruns, clock=int(self.now()))
 
     def start(self) -> None:
         raise NotImplementedError

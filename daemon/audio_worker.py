@@ -46,26 +46,64 @@ def _find_device(sd, name: str | None, kind: str) -> int | None:
 
 
 class _JackCycles:
-    """Frames of the JACK graph that went by without our callback.
+    """Frames of the JACK graph that went by without our callback, and when the current cycle began.
 
     A client that is late (or stopped) is not called for the cycles it missed; counting callbacks, the clock would
     then fall a block behind the song for good at each one. JACK's frame counter at the start of the current cycle
     (read through a client of our own that is never activated, so it costs the graph nothing) says how many frames
     passed since the previous callback.
+
+    The clock is read between callbacks by extrapolating from the last one. The moment a callback runs wanders
+    within the cycle (by a millisecond and more on a busy box); JACK's own estimate of when the cycle began
+    (`jack_get_cycle_times`, its delay-locked loop) does not, so a `tempo` stamped on arrival lands to a fraction
+    of a millisecond.
     """
 
     def __init__(self):
         os.environ.setdefault("JACK_NO_START_SERVER", "1")
+        import ctypes
+        import ctypes.util
+
         import jack
 
         self.client = jack.Client("segue-clock", no_start_server=True)
         self.prev: int | None = None
+        # JACK-Client binds neither call: libjack's own, through ctypes, with the out-arguments allocated once.
+        lib = ctypes.CDLL(ctypes.util.find_library("jack") or "libjack.so.0")
+        lib.jack_get_time.restype = ctypes.c_uint64
+        lib.jack_get_cycle_times.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32),
+                                             ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+                                             ctypes.POINTER(ctypes.c_float)]
+        self._cycle_times = lib.jack_get_cycle_times
+        self._ptr = int(jack._ffi.cast("uintptr_t", self.client._ptr))
+        self._frames, self._usecs, self._next = ctypes.c_uint32(), ctypes.c_uint64(), ctypes.c_uint64()
+        self._period = ctypes.c_float()
+        self._out = (ctypes.byref(self._frames), ctypes.byref(self._usecs), ctypes.byref(self._next),
+                     ctypes.byref(self._period))
+        # JACK's microseconds run on the monotonic clock less a constant: measured once, over the tightest read.
+        reads = []
+        for _ in range(5):
+            a = time.monotonic_ns()
+            j = lib.jack_get_time()
+            reads.append((time.monotonic_ns() - a, (a + time.monotonic_ns()) // 2 - 1000 * j))
+        self.offset_ns = min(reads)[1]
+
+    def cycle_start_ns(self) -> int | None:
+        """Monotonic nanoseconds at which the current cycle's first frame was due (None: JACK cannot say)."""
+        if self._cycle_times(self._ptr, *self._out) != 0:
+            return None
+        return 1000 * self._usecs.value + self.offset_ns
 
     def missed(self, frames: int) -> int:
+        """Frames JACK went through since our previous callback beyond its `frames`: positive for cycles it ran
+        without us; -frames when this callback serves the cycle the previous one already read. That happens when a
+        callback runs late: by the time it reads the frame counter JACK has begun the next cycle, and it is then
+        called again, at once, for that cycle (seen under CPU load: counting the first read as a missed cycle and
+        ignoring the second put every later take a block early)."""
         f = self.client.last_frame_time
-        gap = 0 if self.prev is None else (f - self.prev - frames) & 0xFFFFFFFF  # JACK frames are uint32
-        self.prev = f
-        return gap if gap < 1 << 31 else 0  # a cycle seen twice (never expected) moves nothing back
+        gap = 0 if self.prev is None else ((f - self.prev - frames + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        self.prev = f  # JACK frames are uint32: the difference is taken modulo 2**32, signed
+        return gap if gap >= -frames else 0  # the counter never goes back further than a cycle
 
 
 def main(argv: list[str]) -> int:
@@ -114,7 +152,8 @@ def main(argv: list[str]) -> int:
         if status:
             c[XRUNS] += 1
             c[XRUN_FLAGS] |= int(status._flags)
-        audio.process(indata if in_ch else None, outdata, missed)
+        audio.process(indata if in_ch else None, outdata, missed,
+                      cycles.cycle_start_ns() if cycles is not None else None)
 
     def output_callback(outdata, frames, time_info, status) -> None:  # an output-only stream: no input block
         callback(None, outdata, frames, time_info, status)

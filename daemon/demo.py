@@ -53,7 +53,8 @@ def run_demo(out: Path, audio_device: str = "auto", say=print) -> list[dict]:
         raise SegueError(f"segue serve exited with {code}:\n{daemon.output[-2000:]}")
     say("demo: takes (WAV, codes, JSON sidecar):")
     for p in sorted(takes.iterdir()):
-        say(f"  {p}")
+        if not p.name.startswith("."):  # the daemon's lock on the folder is no take
+            say(f"  {p}")
     return done
 
 

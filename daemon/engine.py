@@ -2,43 +2,54 @@
 
 Transports call `submit` (any thread): it numbers the command, queues it and returns at once. The engine loop
 drains the queue, gives each generating take one LM step (decoding a chunk when one is due, resampling it to the
-device rate, writing it to the take's files and queueing it on its voice), mixes the voices into the bus a short
-horizon ahead of the playhead, and reports events. `status()` and `takes()` read snapshots the loop publishes, so
-a transport never waits for a model step.
+device rate, handing it to the take's files and queueing it on its voice), mixes the voices into the bus a short
+horizon ahead of the playhead, and reports events. It never waits for the disk: take files are written on the
+`TakeWriter`'s thread, and a take's `done` is reported once its files are whole; nor for a prompt file: those are
+read on threads of their own (`Reads`). `status()` and `takes()` read snapshots the loop publishes, so a transport
+never waits for a model step.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from segue.daemon.audio_io import Audio
 from segue.daemon.clock import Grid
 from segue.daemon.model_slot import Loaded, ModelLoader, warm_up
 from segue.daemon.playback import Mixer, Voice
+from segue.daemon.reads import READ_TIMEOUT_S, ReadDone, Reads
+from segue.daemon.reproduce import change_record, recipe_meta
 from segue.daemon.session import Defaults, EngineConfig
-from segue.daemon.sources import encode_prompt, follow_melody, prompt_audio
+from segue.daemon.sources import MAX_PROMPT_AUDIO_S, allowed_model, encode_prompt, follow_melody, prompt_audio
 from segue.daemon.take_stream import Run
-from segue.daemon.takes import TakeFiles, list_takes
-from segue.daemon.vocabulary import (BUSY, INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError, Continue,
-                                     Generate, Length, Retry, Set, Start, Stop, Tempo)
+from segue.daemon.takes import TakeFiles, TakeWriter, lock_folder, next_take_id, recover, take_wav
+from segue.daemon.vocabulary import (BAD_AUDIO, BUSY, INTERNAL, MODEL_ERROR, NO_SUCH_TAKE, Command, CommandError,
+                                     Continue, FileSource, Generate, Length, Retry, Set, Start, Stop, TakeSource, Tempo,
+                                     error_code)
+from segue.models.audio import read_audio
 from segue.models.errors import SegueError
 from segue.models.generation import Take, TakeSnapshot, pump_takes
+from segue.models.loading.builder import DEMOS
 from segue.models.musicgen import MusicGen
 
 log = logging.getLogger("segue.engine")
+
+GIL_SWITCH_S = 0.0005  # seconds (see `Engine.start`)
+MAX_HELD = 256  # time-tagged `set` and `tempo` commands waiting for their time
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,11 @@ class Engine:
             load, lambda m: warm_up(m, cfg.chunk_frames, cfg.stream_pool), self._loaded, lambda: self.headroom,
             cfg.load_headroom, cfg.load_wait)
         cfg.takes_dir.mkdir(parents=True, exist_ok=True)
+        self.folder_lock = lock_folder(cfg.takes_dir)  # first: the takes folder is this daemon's alone
+        fixed = recover(cfg.takes_dir)
+        if fixed:
+            log.warning("takes %s were cut short by a crash: their sidecars now say 'interrupted', with the length "
+                        "their WAVs hold", fixed)
         self.folders = (cfg.takes_dir.resolve(),) + tuple(p.resolve() for p in cfg.allowed_dirs)
         self.sr = audio.sample_rate
         self.grid = Grid(self.sr)
@@ -77,23 +93,28 @@ class Engine:
         self.load_horizon = max(self.min_horizon, round(cfg.load_horizon * self.sr))
         self.horizon = self.min_horizon
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.ids = itertools.count(self._first_id())
+        # Take commands are numbered with the take's number (its files' NNNN); every other request gets a negative
+        # id of its own, so a DAW resending `tempo` every second or a sync leader re-anchoring never uses up take
+        # numbers.
+        self.take_ids = itertools.count(next_take_id(cfg.takes_dir))
+        self.request_ids = itertools.count(1)
         self.runs: list[Run] = []
         self.later: list = []  # (clock sample, id, command, time) held until their time: a heap
         self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
         self.iter_time = 0.0
         self.setup_s = 0.2  # seconds a take's set-up kept the engine from mixing, lately (measured)
         self._status: dict = {}
-        self._takes: list[dict] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._changed = True  # the takes folder changed: re-list it
+        self._changed = True  # takes started or ended: publish the status now
+        # The takes folder's disk work runs on its own thread (see daemon/takes.py); ended takes wait in `closing`
+        # until their files are final, then `done` is reported.
+        self.writer = TakeWriter(cfg.takes_dir, self._wake.set)
+        self.closing: list[tuple[TakeFiles, dict]] = []
+        # Prompt and melody files are read on threads of their own, each within a deadline (see daemon/reads.py).
+        self.reads = Reads(self._read_done)
         self._next_status = 0.0
         self.thread = threading.Thread(target=self._loop, name="segue-engine", daemon=True)
-
-    def _first_id(self) -> int:
-        taken = [int(p.name[:4]) for p in self.cfg.takes_dir.glob("[0-9][0-9][0-9][0-9]-*.json")]
-        return max(taken, default=0) + 1
 
     @property
     def model(self) -> MusicGen:
@@ -109,14 +130,22 @@ class Engine:
         return self.current.first_latency
 
     # -- any thread -------------------------------------------------------------------------------------------------
-    def submit(self, cmd: Command, at: int | None = None) -> int:
-        """Queue a command; returns its id at once (the id of the take it makes, for take commands).
+    def submit(self, cmd: Command, at: int | None = None, received: float | None = None) -> int:
+        """Queue a command; returns its id at once: the take's number for take commands (generate, continue,
+        retry), a negative request id for the others.
 
         `at`: the clock sample the command is meant for (an OSC bundle's time tag). `tempo` and `stop` take effect
         exactly there; a take without its own `start` starts there; `set` is held until then.
+        `received`: the clock sample at which the transport received the request (default: now). Without `at`,
+        the time-sensitive commands are placed from it, whatever the engine thread was doing when the request
+        came: `tempo` anchors its beat there and `stop` acts from there (as soon as the mix allows). A take's
+        `start` cannot be earlier than its audio can be ready, so `now` is paced from when generation begins.
         """
-        rid = next(self.ids)
-        self.inbox.put((rid, cmd, time.monotonic(), at))
+        if received is None:
+            received = self.audio.now()
+        take = isinstance(cmd, (Generate, Continue, Retry))
+        rid = next(self.take_ids) if take else -next(self.request_ids)
+        self.inbox.put((rid, cmd, time.monotonic(), at, received))
         self._wake.set()
         return rid
 
@@ -124,9 +153,25 @@ class Engine:
         return self._status
 
     def takes(self) -> list[dict]:
-        return self._takes
+        return self.writer.listing
 
     def start(self) -> None:
+        # The engine thread shares the interpreter with the transports and, without a sound card, the clock thread.
+        # A thread asking for the interpreter lock waits up to the switch interval while this one runs Python (5 ms
+        # by default): a transport's arrival stamp (a `tempo` anchored that late puts every bar line after it late by
+        # as much) and the stand-in clock's blocks would wait that long. 0.5 ms keeps both within budget.
+        sys.setswitchinterval(GIL_SWITCH_S)
+        # A full collection of the cyclic garbage collector holds the interpreter lock while it scans every tracked
+        # object, in whichever thread it happens: with torch and transformers loaded that is 100-250 ms (measured
+        # on a 2-core AMD EPYC), longer than the horizon, so the bus ran dry. What exists now (the model, the
+        # imports) lives as long as the daemon: it is moved out of the collector's sight, and collections scan only
+        # what came after. (Frozen objects are still freed when their last reference goes.)
+        gc.collect()
+        gc.freeze()
+        # The ring starts as silence: the first blocks are counted as mixed, so the callbacks that come before this
+        # thread's first mix are not counted as underruns.
+        bus = self.audio.bus
+        bus.filled = max(bus.filled, bus.read_pos + self.min_horizon)
         self.audio.start()
         self._publish_state()
         self.thread.start()
@@ -139,9 +184,13 @@ class Engine:
         for run in self.runs:  # cut where playback is, as a stop would
             if self.cfg.pace != "asap":
                 run.voice.stop(self.audio.bus.read_pos, round(self.cfg.end_fade * self.sr))
-            self._finish(run, "stopped")
+            self._finish(run, "cancelled" if run.voice.silenced else "stopped")
         self.runs.clear()
+        self.writer.close()
+        self._report_closed()
         self.audio.close()
+        self.folder_lock.close()
+        gc.unfreeze()  # an embedding process (a test suite) goes on collecting what this engine held
 
     def warm_up(self, seconds: float = 1.0) -> None:
         """Warm the first model up (before `start`): kernels, allocator, its streams and its measured speed."""
@@ -157,6 +206,7 @@ class Engine:
                 if self.cfg.pace != "asap":
                     self.mixer.mix(self.horizon)
                 self._retire()
+                self._report_closed()
                 if self._changed or t0 >= self._next_status:
                     self._publish_state()  # status snapshots for the transports, at most every 20 ms unless a take
                     self._next_status = t0 + 0.02  # started or ended (building one costs more than a demo step)
@@ -174,64 +224,114 @@ class Engine:
                 self._wake.wait(timeout=max(0.002, 0.25 * self.horizon / self.sr))
                 self._wake.clear()
 
+    def _read_done(self, done: ReadDone) -> None:
+        """A reader thread's result, back into the inbox (reader threads)."""
+        self.inbox.put((done.rid, done, time.monotonic(), None, self.audio.now()))
+        self._wake.set()
+
     def _drain(self) -> None:
+        for rid, parked in self.reads.expired(time.monotonic()):
+            self.emit(dict(event="error", id=rid, code=BAD_AUDIO,
+                           message=f"reading {parked.what} did not finish within {self.reads.timeout:g} s (a disk "
+                                   "that does not answer?); copy it to a local disk, or continue from the live input"))
         now = self.audio.now()
         while self.later and self.later[0][0] <= now:  # held commands whose time has come
-            _, rid, cmd, t = heapq.heappop(self.later)
-            self._handle_reporting(rid, cmd, t, None)
+            at, rid, cmd, t = heapq.heappop(self.later)
+            self._handle_reporting(rid, cmd, t, None, at)
         while True:
             try:
-                rid, cmd, t, at = self.inbox.get_nowait()
+                rid, cmd, t, at, received = self.inbox.get_nowait()
             except queue.Empty:
                 return
-            if at is not None and isinstance(cmd, Set) and at > now:
+            if at is not None and isinstance(cmd, (Set, Tempo)) and at > now:
+                # Held until its time tag: a `tempo` for the next bar must not move the bar lines before it (takes
+                # queued meanwhile go on the grid that is heard until then, and follow the new one if they start
+                # after it).
+                if len(self.later) >= MAX_HELD:
+                    self.emit(dict(event="error", id=rid, code=BUSY, message=f"{MAX_HELD} time-tagged commands are "
+                                   "waiting for their time already; send fewer ahead, or send them later"))
+                    continue
                 heapq.heappush(self.later, (at, rid, cmd, t))
                 continue
-            self._handle_reporting(rid, cmd, t, at)
+            self._handle_reporting(rid, cmd, t, at, received)
 
-    def _handle_reporting(self, rid: int, cmd: Command, t: float, at: int | None) -> None:
+    def _handle_reporting(self, rid: int, cmd: Command, t: float, at: int | None, received: float) -> None:
         try:
-            self._handle(rid, cmd, t, at)
+            self._handle(rid, cmd, t, at, received)
         except CommandError as exc:
             self.emit(dict(event="error", id=rid, code=exc.code, message=exc.message))
-        except SegueError as exc:
-            self.emit(dict(event="error", id=rid, code=MODEL_ERROR, message=str(exc)))
+        except SegueError as exc:  # the request's own values or audio (see `error_code`), or the model failed
+            self.emit(dict(event="error", id=rid, code=error_code(exc), message=str(exc)))
+        except Exception as exc:  # a bug met by one request: it carries the request's id, and the loop goes on to
+            log.exception("request %s", rid)  # generate and mix as if the request had not come
+            self.emit(dict(event="error", id=rid, code=INTERNAL, message=f"internal error: {exc}"))
 
-    def _handle(self, rid: int, cmd: Command, t: float, at: int | None = None) -> None:
+    def _handle(self, rid: int, cmd: Command, t: float, at: int | None, received: float) -> None:
         if at is not None and isinstance(cmd, (Generate, Continue, Retry)) and cmd.start is None:
             cmd = replace(cmd, start=Start(None, at))
         if isinstance(cmd, _Adopt):
             self._adopt(rid, cmd)
+        elif isinstance(cmd, ReadDone):
+            parked = self.reads.finish(cmd)
+            if parked is None:
+                return  # past its deadline (answered then) or stopped: the late result is dropped
+            if cmd.error is not None:
+                raise cmd.error  # reported with the request's id, as if read here
+            self._take_command(rid, parked.request[0], parked.request[1], cmd.result)
         elif isinstance(cmd, (Generate, Continue, Retry)):
-            if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
-                raise CommandError(BUSY, f"{self.cfg.max_takes} takes are generating already; stop one first")
-            # Setting a take up (encoding its prompt, prefilling the LM) keeps this thread from mixing for a while:
-            # the bus gets that much more of what is playing first, so nothing drops out meanwhile.
-            if self.cfg.pace != "asap":
-                self.mixer.mix(self.horizon + round(1.5 * self.setup_s * self.sr))
-            t_setup = time.monotonic()
-            if isinstance(cmd, Retry):
-                self._retry(rid, cmd, t)
-            else:
-                self._new_take(rid, cmd, t)
-            self.setup_s = max(time.monotonic() - t_setup, 0.8 * self.setup_s)
+            self._take_command(rid, cmd, t)
         elif isinstance(cmd, Stop):
-            self._stop_takes(rid, cmd, at)
+            self._stop_takes(rid, cmd, at if at is not None else received)
         elif isinstance(cmd, Set):
             self._set(rid, cmd)
         elif isinstance(cmd, Tempo):
-            self.grid = self.grid.retempo(self.audio.now() if at is None else at, cmd.bpm, cmd.beats_per_bar,
-                                          cmd.beat)
+            # Anchored where the request arrived (or its time tag), not where this thread got to it: a busy engine
+            # must not shift the song's bar lines.
+            self.grid = self.grid.retempo(received if at is None else at, cmd.bpm, cmd.beats_per_bar, cmd.beat)
             self.tempo_source = cmd.source
-            self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm,
-                           beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor, source=cmd.source))
+            self._follow_grid()
+            self.emit(dict(event="done", id=rid, cmd="tempo", bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar,
+                           anchor=self.grid.anchor, at=round(received if at is None else at, 1), source=cmd.source))
+
+    def _take_command(self, rid: int, cmd: Generate | Continue | Retry, t: float, read: dict | None = None) -> None:
+        """Set a take up, or first read the files its prompt and melody come from (off this thread: the request is
+        parked, and comes back here with `read`, role -> (samples, rate, description))."""
+        if sum(r.generating for r in self.runs) >= self.cfg.max_takes:
+            raise CommandError(BUSY, f"{self.cfg.max_takes} takes are generating already; stop one first")
+        if read is None and not isinstance(cmd, Retry):
+            files = {role: src for role, src in (("melody", cmd.melody), ("source", getattr(cmd, "source", None)))
+                     if isinstance(src, (FileSource, TakeSource))}
+            if files:
+                grid = self.grid  # the bars a `last_bars` asks for are counted at the tempo of now
+                what = " and ".join(f"take {s.take}" if isinstance(s, TakeSource) else s.path for s in files.values())
+                self.reads.start(rid, what, lambda: {role: self._audio_of(s, grid) for role, s in files.items()},
+                                 (cmd, t))
+                self._changed = True
+                return
+        read = read or {}
+        # Setting a take up (encoding its prompt, prefilling the LM) keeps this thread from mixing for a while:
+        # the bus gets that much more of what is playing first, so nothing drops out meanwhile. A prompt or a
+        # melody from audio may be as long as the model's context: its encoding is counted at that worst case.
+        if self.cfg.pace != "asap":
+            setup = self.setup_s
+            if isinstance(cmd, Continue) or getattr(cmd, "melody", None) is not None:
+                setup = max(setup, self.current.longest_prompt_setup(MAX_PROMPT_AUDIO_S))
+            self.mixer.mix(self.horizon + round(1.5 * setup * self.sr))
+        t_setup = time.monotonic()
+        if isinstance(cmd, Retry):
+            self._retry(rid, cmd, t)
+        else:
+            self._new_take(rid, cmd, t, read)
+        self.setup_s = max(time.monotonic() - t_setup, 0.8 * self.setup_s)
 
     # -- takes ------------------------------------------------------------------------------------------------------
-    def _take_audio(self, tid: int) -> tuple[np.ndarray, int] | None:
-        for path in self.cfg.takes_dir.glob(f"{tid:04d}-*.wav"):
-            data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-            return data.T.copy(), sr
-        return None
+    def _take_audio(self, tid: int, seconds: float) -> tuple[np.ndarray, int] | None:
+        """The last `seconds` of take `tid`'s audio [C, n] and its rate; None when there is no such take."""
+        self.writer.sync(READ_TIMEOUT_S)  # what was queued for it is on disk (this runs on a reader thread)
+        path = take_wav(self.cfg.takes_dir, tid)
+        if path is None:
+            return None
+        return read_audio(path, last_seconds=seconds)
 
     def _length_samples(self, length: Length) -> int | None:
         if length.endless:
@@ -245,7 +345,9 @@ class Engine:
         # one frame of margin: the resampler's output for the last frame must cover the exact length
         return math.ceil(samples * model.sample_rate / self.sr / model.hop_length) + 1
 
-    def _new_take(self, rid: int, cmd: Generate | Continue, t: float) -> None:
+    def _new_take(self, rid: int, cmd: Generate | Continue, t: float, read: dict) -> None:
+        """`read`: the prompt's and the melody's audio when they came from files (role -> samples, rate,
+        description)."""
         d = self.defaults
         text = cmd.prompt if cmd.prompt is not None else d.prompt
         length = d.length(cmd.length)
@@ -254,14 +356,14 @@ class Engine:
         prompt = heard = melody = tune = None
         slot = self.current
         if cmd.melody is not None:  # first: a model that takes no melody is refused before any encoding
-            pcm, sr, desc = self._audio_of(cmd.melody)
+            pcm, sr, desc = read.get("melody") or self._audio_of(cmd.melody)
             t_mel = time.monotonic()
             melody = follow_melody(slot.model, pcm, sr)
             meta["melody"] = dict(desc, seconds=round(melody.seconds, 3), separation=melody.separation,
                                   chroma_s=round(time.monotonic() - t_mel, 4))
             tune = (pcm, sr)
         if isinstance(cmd, Continue):
-            pcm, sr, desc = self._audio_of(cmd.source)
+            pcm, sr, desc = read.get("source") or self._audio_of(cmd.source)
             t_enc = time.monotonic()
             prompt = encode_prompt(slot.model, pcm, sr)  # [1, K, P]
             meta.update(desc, prompt_encode_s=round(time.monotonic() - t_enc, 4))
@@ -274,10 +376,11 @@ class Engine:
         self._launch(rid, meta["cmd"], slot, take, cmd.start, cmd.lane, samples, meta, t, prompt_codes=codes,
                      prompt_audio=heard, melody_audio=tune)
 
-    def _audio_of(self, source) -> tuple[np.ndarray, int, dict]:
-        """(samples [C, n], their rate, a description) of a prompt or melody source."""
+    def _audio_of(self, source, grid: Grid | None = None) -> tuple[np.ndarray, int, dict]:
+        """(samples [C, n], their rate, a description) of a prompt or melody source. For a file or a take this runs
+        on a reader thread (see `_take_command`), with the grid of when the request was handled."""
         d = self.defaults
-        return prompt_audio(source, audio=self.audio, grid=self.grid, take_audio=self._take_audio,
+        return prompt_audio(source, audio=self.audio, grid=grid or self.grid, take_audio=self._take_audio,
                             folders=self.folders, default_seconds=d.prompt_seconds, default_bars=d.prompt_bars)
 
     @staticmethod
@@ -294,7 +397,10 @@ class Engine:
 
     def _retry(self, rid: int, cmd: Retry, t: float) -> None:
         tid = cmd.take if cmd.take is not None else max(self.snapshots, default=None)
-        if tid is None or tid not in self.snapshots:
+        if tid is None:
+            raise CommandError(NO_SUCH_TAKE, "no take has been made in this session yet; generate or continue one "
+                                             "first")
+        if tid not in self.snapshots:
             raise CommandError(NO_SUCH_TAKE, f"take {tid} has no saved prompt state (only this session's recent "
                                              "takes can be retried); start a new one")
         snap, meta = self.snapshots[tid]
@@ -307,7 +413,8 @@ class Engine:
         lane = cmd.lane if cmd.lane is not None else meta["lane"]
         # Resumed from the prompt state in memory: nothing is encoded or prefilled again.
         again = dict(meta["meta"], cmd="retry", retry_of=tid, prompt_encode_s=0.0)
-        self._launch(rid, "retry", slot, take, cmd.start, lane, samples, again, t, snap, meta["prompt_codes"])
+        self._launch(rid, "retry", slot, take, cmd.start, lane, samples, again, t, snap,
+                     meta["prompt_codes"])
 
     def _launch(self, rid: int, kind: str, slot: Loaded, take: Take, start: Start | None, lane: int,
                 samples: int | None, meta: dict, t: float, snap: TakeSnapshot | None = None,
@@ -315,6 +422,8 @@ class Engine:
                 melody_audio: tuple[np.ndarray, int] | None = None) -> None:
         """Place a created take on the clock; `snap` is its prompt state when it already has one (a retry)."""
         snap = snap or take.snapshot()
+        # The seed its prompt state was drawn with: a retry keeps its original's (`segue generate --from-take`).
+        meta = dict(meta, prefill_seed=meta.get("prefill_seed", take.seed))
         self.snapshots[rid] = (snap, dict(slot=slot, samples=samples, lane=lane, meta=meta,
                                           prompt_codes=prompt_codes))
         while len(self.snapshots) > 8:
@@ -327,18 +436,22 @@ class Engine:
         held = (at - unpaced) / self.sr
         fade = round(self.cfg.crossfade * self.sr)
         old = self.mixer.lane_voice(lane)
-        voice = Voice(rid, lane, at, fade_in=fade if old is not None else 0)
+        voice = Voice(rid, lane, at, fade_in=fade if old is not None else 0, replaces=old)
         if old is not None:
             old.stop(at, fade)
         m = slot.model
         meta = dict(meta, model=m.info.ref, seed=take.seed, sampling=asdict(take.stream.sampling), lane=lane,
                     start=at, start_request=start.describe(), sample_rate=self.sr,
                     tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar, anchor=self.grid.anchor),
-                    requested_at=t, held_back_s=round(held, 3))
+                    requested_at=t, held_back_s=round(held, 3), **recipe_meta(m, take))
         files = TakeFiles(self.cfg.takes_dir, rid, kind, self.sr, self.audio.out_channels, m.lm.cfg.n_q, meta,
-                          prompt_codes, prompt_audio, melody_audio)
+                          prompt_codes, prompt_audio, melody_audio, writer=self.writer)
         run = Run(rid, kind, take, voice, files, samples, self.sr, slot, self.audio.out_channels,
-                  round(self.cfg.end_fade * self.sr))
+                  round(self.cfg.end_fade * self.sr), start, earliest)
+        # It generates at most `max_lead` ahead of the playhead (finite takes too: seven `seconds=3600` takes grew
+        # memory without bound), or what its pacing has it make before it starts on a machine slower than real
+        # time (the rate x the lead), with a margin.
+        run.max_ahead = round(max(self.cfg.max_lead, 1.2 * min(slot.rate, 1.0) * lead) * self.sr)
         self.runs.append(run)
         self._changed = True
         if self.cfg.pace != "asap":
@@ -351,7 +464,7 @@ class Engine:
         """Seconds between now and the first sample so that the take never runs dry (pacing)."""
         busy = 1 + sum(r.generating for r in self.runs)
         rate = slot.rate / busy  # takes share the engine
-        lead = 1.25 * slot.first_latency + 0.02
+        lead = 1.25 * slot.lag + 0.02  # the margin: measured lags vary by a fifth, the clock moves a block at a time
         if samples is not None and rate < 1.0:
             lead += samples / self.sr * (1.0 / rate - 1.0) * 1.1
         return lead
@@ -371,8 +484,8 @@ class Engine:
                 continue
             queued = v.queued_end - playhead
             ahead = min(ahead, queued)
-            if run.total is None and self.cfg.pace != "asap" and queued > self.cfg.max_lead * self.sr:
-                continue  # an endless take far enough ahead waits for the playhead
+            if self.cfg.pace != "asap" and queued > run.max_ahead:
+                continue  # far enough ahead: it waits for the playhead
             due.append(run)
         self.headroom = ahead / self.sr  # read by the model loader's thread (a float: replaced whole)
         if not due:
@@ -382,6 +495,11 @@ class Engine:
             group = [r for r in due if r.slot is slot]
             if not group:
                 continue
+            stepped = [r for r in group if not r.take.stream.done]
+            if len(stepped) > 1:  # one batched LM call: not bit-identical to stepping alone (the sidecar says so)
+                for run in stepped:
+                    together = run.files.meta["stepped_with"]
+                    together.extend(r.id for r in stepped if r is not run and r.id not in together)
             try:
                 chunks = pump_takes([r.take for r in group])
             except Exception as exc:  # one LM call for all: a failure ends every take in it
@@ -392,6 +510,9 @@ class Engine:
             for run, pcm in zip(group, chunks):
                 try:
                     self._deliver(run, pcm, t)
+                except OSError as exc:  # from the writer's thread (TakeFiles.error)
+                    self._fail(run, INTERNAL, f"writing the take failed ({exc}); check that the takes folder "
+                                              f"{self.cfg.takes_dir} is writable and has space")
                 except Exception as exc:
                     log.exception("take %s", run.id)
                     self._fail(run, INTERNAL, f"writing the take failed: {exc}")
@@ -413,8 +534,15 @@ class Engine:
         new_codes = take.codes[run.codes_written:]
         run.codes_written = len(take.codes)
         codes = np.concatenate([c.numpy() for c in new_codes], axis=1) if new_codes else None
+        if run.files.error is not None:  # the writer's thread could not write its files (a full disk...)
+            raise OSError(run.files.error)
         run.files.write(x, codes)
+        before = run.voice.queued_end - run.voice.start
         run.voice.push(x)
+        if run.lag is not None:  # the pacing learns from each take's first second (see `Loaded.lag`)
+            run.lag = max(run.lag, time.monotonic() - run.created - before / self.sr)
+            if before >= self.sr or take.done:
+                self._learn_lag(run)
         if run.first_audio is None:
             run.first_audio = t
         if last or (run.total is not None and run.release.out >= run.total):
@@ -428,42 +556,81 @@ class Engine:
             run.voice.pos = run.voice.queued_end
             run.voice.chunks.clear()
 
+    def _learn_lag(self, run: Run) -> None:
+        if run.lag is not None and run.first_audio is not None and self.cfg.pace != "asap":
+            run.slot.learn_lag(run.lag)
+        run.lag = None
+
     def _retire(self) -> None:
         """Events for takes that started playing or ended; files of ended takes are finalized."""
         pos = self.audio.bus.read_pos
         for run in list(self.runs):
             v = run.voice
-            if run.state == "queued" and (pos >= v.start or self.cfg.pace == "asap"):
-                run.state = "started"
-                self.emit(dict(event="started", id=run.id, start=v.start))
-            done = (not run.generating and v.complete) if self.cfg.pace == "asap" else (v.finished and pos >= v.end)
+            if v.silenced and run.state == "queued":  # stopped before it sounded: over now, never started
+                done, state = True, "cancelled"
+            else:
+                if run.state == "queued" and (pos >= v.start or self.cfg.pace == "asap"):
+                    run.state = "started"
+                    self.emit(dict(event="started", id=run.id, start=v.start))
+                done = (not run.generating and v.complete) if self.cfg.pace == "asap" else (v.finished and pos >= v.end)
+                state = "stopped" if v.stop_at is not None and v.stop_at < v.queued_end else "done"
             if done:
-                self._finish(run, "stopped" if v.stop_at is not None and v.stop_at < v.queued_end else "done")
+                self._finish(run, state)
                 self.runs.remove(run)
                 if len(run.slot.pool) < self.cfg.stream_pool:
                     run.slot.pool.append(run.take.stream)
                 self._let_go()
 
     def _finish(self, run: Run, state: str) -> None:
+        self._learn_lag(run)
         v = run.voice
         cut = None
         if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded
             keep = max(0, v.stop_at + v.fade_out - v.start)
-            cut = (keep, min(v.fade_out, keep), self._frames_for(keep, run.take.model) or 0)
+            cut = (keep, min(v.fade_out, keep), self._frames_for(keep, run.take.model) if keep else 0)
         run.files.close(cut, state=state, dropped=v.dropped, changes=run.changes,
                         first_audio_s=None if run.first_audio is None else round(run.first_audio - run.created, 4))
         self._changed = True
-        self.emit(dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
-                       samples=run.files.samples, frames=run.files.new_frames, dropped=v.dropped))
+        self.closing.append((run.files, dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),
+                                             samples=run.files.samples, frames=run.files.new_frames,
+                                             dropped=v.dropped)))
 
-    def _stop_takes(self, rid: int, cmd: Stop, when: int | None = None) -> None:
+    def _report_closed(self) -> None:
+        """`done` for the ended takes whose files are final now (in the order they ended)."""
+        while self.closing and self.closing[0][0].finalized.is_set():
+            files, ev = self.closing.pop(0)
+            if files.error is not None:
+                ev = dict(ev, error=files.error)
+            self.emit(ev)
+
+    def _stop_takes(self, rid: int, cmd: Stop, when: float) -> None:
+        """Stop from clock sample `when` (the request's arrival or time tag), or as soon as the mix allows. A take
+        that has not started by then is silenced whole (state `cancelled`), and so is one still waiting for its files
+        to be read (it has no files: its `done` has no path)."""
         runs = [r for r in self.runs if cmd.take is None or r.id == cmd.take]
-        if cmd.take is not None and not runs:
+        reading = [tid for tid in list(self.reads.parked) if cmd.take is None or tid == cmd.take]
+        if cmd.take is not None and not runs and not reading:
             raise CommandError(NO_SUCH_TAKE, f"take {cmd.take} is not playing")
-        at = max(self.mixer.next_free, when or 0)
+        for tid in reading:
+            self.reads.cancel(tid)
+            self.emit(dict(event="done", id=tid, state="cancelled", path=None, samples=0, frames=0, dropped=0))
+        at = max(self.mixer.next_free, math.ceil(when))
         for r in runs:
             r.voice.stop(at, round(cmd.fade * self.sr))
-        self.emit(dict(event="done", id=rid, cmd="stop", takes=[r.id for r in runs], at=at))
+        for r in runs:
+            if r.voice.silenced:  # cancelled: a take it was to replace on its lane plays on
+                replaced = next((o for o in self.runs if o.voice is r.voice.replaces), None)
+                if replaced is not None:
+                    replaced.resume_from(r.voice)
+        self.emit(dict(event="done", id=rid, cmd="stop", takes=[r.id for r in runs] + reading, at=at))
+
+    def _follow_grid(self) -> None:
+        """Takes waiting for a grid line follow a grid that moved before they started (see `Run.follow`)."""
+        for run in self.runs:
+            was = run.follow(self.grid, self.mixer)
+            if was is not None:
+                self.emit(dict(event="queued", id=run.id, cmd=run.kind, start=run.voice.start, moved_from=was,
+                               path=str(run.files.wav_path)))
 
     def _set(self, rid: int, cmd: Set) -> None:
         values = dict(cmd.values)
@@ -478,7 +645,7 @@ class Engine:
             params = {("cfg_coef" if k == "cfg" else k): v for k, v in knobs.items()}  # SamplingParams' names
             for r in self.runs:  # a knob moves the music while it plays, from the next step
                 if r.generating:
-                    r.changes.append(dict(knobs, frame=max(0, r.take.stream.frames_ready - r.take.n_prompt)))
+                    r.changes.append(change_record(r.take.stream, r.take.n_prompt, knobs))
                 r.take.stream.set_sampling(replace(r.take.stream.sampling, **params))
         if rid is not None:
             shown = {k: (v.describe() if isinstance(v, Start) else v) for k, v in values.items()}
@@ -497,13 +664,14 @@ class Engine:
                 return True
         if self.loader is None:
             raise CommandError(MODEL_ERROR, "this engine was started with a fixed model; `segue serve` can switch")
+        allowed_model(ref, self.folders, tuple(DEMOS))  # checked before `ok` too (dispatch.answer)
         self.loader.request(rid, ref)
         self.emit(dict(event="loading", id=rid, model=ref))
         return False
 
     def _loaded(self, rid: int, ref: str, loaded: Loaded | None, error: CommandError | None) -> None:
         """The loader thread's result: handed to the engine thread like a command."""
-        self.inbox.put((rid, _Adopt(ref, loaded, error), time.monotonic(), None))
+        self.inbox.put((rid, _Adopt(ref, loaded, error), time.monotonic(), None, self.audio.now()))
         self._wake.set()
 
     def _adopt(self, rid: int, cmd: _Adopt) -> None:
@@ -512,6 +680,7 @@ class Engine:
             raise cmd.error
         self.loaded.append(cmd.loaded)
         self.current = cmd.loaded
+        gc.freeze()  # the new model's objects too (see `start`): an O(1) move, no scan
         self._let_go()
         self._changed = True
         self._publish_state()  # a `status` sent on this event sees the new model
@@ -539,7 +708,7 @@ class Engine:
         models = [s.describe() | dict(current=s is self.current, takes=sum(r.slot is s for r in self.runs))
                   for s in self.loaded]
         self._status = dict(
-            model=m.info.ref, kind=m.info.kind, device=str(m.device), dtype=str(m.lm.dtype).replace("torch.", ""),
+            model=m.info.ref, kind=m.info.kind, device=str(m.device), dtype=m.lm.precision,
             model_rate=m.sample_rate, channels=m.channels, models=models,
             loading=None if self.loader is None else self.loader.status(), audio=self.audio.status(),
             pace=self.cfg.pace,
@@ -548,9 +717,8 @@ class Engine:
             tempo=dict(bpm=self.grid.bpm, beats_per_bar=self.grid.beats_per_bar,
                        beat=round(self.grid.beat_at(self.audio.now()), 3), source=self.tempo_source),
             takes=[dict(id=r.id, state=r.state, start=r.voice.start, generating=r.generating, lane=r.voice.lane)
-                   for r in self.runs],
+                   for r in self.runs]
+            + [dict(id=rid, state="reading", reading=p.what) for rid, p in self.reads.parked.items()],
             defaults=self.defaults.describe(),
             takes_dir=str(self.cfg.takes_dir))
-        if self._changed:
-            self._takes = list_takes(self.cfg.takes_dir, 50)
-            self._changed = False
+        self._changed = False

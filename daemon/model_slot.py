@@ -26,6 +26,7 @@ from segue.daemon.vocabulary import BUSY, MODEL_ERROR, OUT_OF_MEMORY, CommandErr
 from segue.models.errors import SegueError
 from segue.models.generation import Take, prompt_codes
 from segue.models.lm.config import SamplingParams
+from segue.models.lm.stream import max_prompt_frames
 from segue.models.musicgen import MusicGen
 
 log = logging.getLogger("segue.models")
@@ -39,6 +40,12 @@ class Loaded:
     pool: list = field(default_factory=list)  # idle LM streams, reused by the next takes
     rate: float = 1.0  # audio seconds one take generates per wall second (measured at warm-up)
     first_latency: float = 0.5  # seconds from request to a take's first chunk (measured at warm-up)
+    # Seconds a take's audio arrives behind its own timeline at worst, counted from its launch: the most, over its
+    # chunks, of (arrival - audio queued before it). A start needs that much lead not to run dry. Measured at
+    # warm-up, then learned from the takes played (`learn_lag`): the device side (resampler, writer, mixer, other
+    # threads and processes on the CPU) is in those.
+    lag: float = 0.5
+    prompt_setup_s: float = 0.05  # seconds to set up a continuation, per second of its prompt (measured at warm-up)
     load_s: float = 0.0
     load_wait_s: float = 0.0  # of load_s: waiting for the playing takes to get far enough ahead
 
@@ -53,13 +60,24 @@ class Loaded:
         modules = [m.codec, m.lm] + ([m.text.encoder] if m.text is not None else [])
         return sum(t.nbytes for mod in modules for t in itertools.chain(mod.parameters(), mod.buffers()))
 
+    def longest_prompt_setup(self, longest_audio_s: float) -> float:
+        """Seconds setting up a continuation (or a melody) may take at worst: its prompt as long as the model's
+        context takes and `longest_audio_s` allows, at the measured cost per second, x1.5 (the prefill grows faster
+        than the prompt)."""
+        cfg = self.model.require_lm().cfg
+        return 1.5 * min(longest_audio_s, max_prompt_frames(cfg) / cfg.frame_rate) * self.prompt_setup_s
+
+    def learn_lag(self, measured: float) -> None:
+        """A take's measured lag (s): taken at once when worse, else approached by a fifth per take."""
+        self.lag = max(measured, 0.8 * self.lag + 0.2 * measured)
+
     def describe(self) -> dict:
         m = self.model
         streams = sum(_stream_bytes(s) for s in self.pool)
         return dict(model=m.info.ref, kind=m.info.kind, layout=m.info.layout, sample_rate=m.sample_rate,
                     channels=m.channels, codebooks=m.lm.cfg.n_q, device=str(m.device),
-                    dtype=str(m.lm.dtype).replace("torch.", ""), weights_mb=round(self.weight_bytes / 2**20, 1),
-                    idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3),
+                    dtype=m.lm.precision, weights_mb=round(self.weight_bytes / 2**20, 1),
+                    idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3), lag_s=round(self.lag, 4),
                     load_s=round(self.load_s, 2), load_wait_s=round(self.load_wait_s, 2))
 
 
@@ -75,15 +93,26 @@ def warm_up(model: MusicGen, chunk_frames: int, pool_size: int, seconds: float =
     t = time.monotonic()
     take = first_take = Take(model, "warm up", None, frames, SamplingParams(seed=0), chunk_frames)
     first = None
-    for _ in take:
-        first = first or time.monotonic() - t
+    lag, before, audio = 0.0, 0, 0  # samples of the chunks before the previous one, and of all so far
+    for pcm in take:
+        now = time.monotonic() - t
+        first = first or now
+        # As if each chunk could play only once the next one is in: on the device side the resampler's delay and
+        # a finite take's held-back fade make the first chunk short (a sixth of its samples with the demo model).
+        lag = max(lag, now - before / model.sample_rate)
+        before, audio = audio, audio + pcm.shape[-1]
     took = time.monotonic() - t
-    silence = torch.zeros(model.channels, model.hop_length * 4)
-    take = Take(model, None, prompt_codes(model, silence), frames, SamplingParams(seed=0), chunk_frames)
+    # A continuation of a second of noise: what setting one up costs per second of prompt (encoding it, the LM's
+    # prefill, the decoders running through it), the first time (kernels for its shapes included: an overestimate).
+    noise = 0.1 * torch.randn(model.channels, model.sample_rate, generator=torch.Generator().manual_seed(0))
+    t = time.monotonic()
+    take = Take(model, None, prompt_codes(model, noise), frames, SamplingParams(seed=0), chunk_frames)
+    setup_s = time.monotonic() - t
     for _ in take:
         pass
     rate = frames / model.frame_rate / max(took, 1e-6)
-    return Loaded(model, [first_take.stream, take.stream][:pool_size], rate, first or took)
+    return Loaded(model, [first_take.stream, take.stream][:pool_size], rate, first or took, lag=lag or took,
+                  prompt_setup_s=setup_s)
 
 
 def weights_on_disk(folder: Path) -> int:
@@ -204,6 +233,15 @@ class ModelLoader:
         with self._lock:
             self.loading = None
         self.deliver(rid, ref, loaded, error)
+
+
+def client_fetch(ref: str) -> Path:
+    """The folder of a model a client names with `set model=` (already checked by `sources.allowed_model`): an
+    absolute folder, or a hub id, which is never looked up as a folder relative to the daemon's working directory
+    (that folder is not the client's to load, and the answer would tell whether it exists)."""
+    from segue.models.loading.hub import fetch, fetch_hub
+
+    return fetch(ref) if Path(ref).is_absolute() else fetch_hub(ref)
 
 
 def checked_load(ref: str, device: torch.device, dtype: torch.dtype, fetch, load_model) -> MusicGen:

@@ -27,8 +27,9 @@ def ramp(at: int, n: int, start: int, length: int, rising: bool) -> np.ndarray:
 class Voice:
     """One take's audio on its way out: chunks [n, C] at the device rate, in order, from clock sample `start`."""
 
-    def __init__(self, take_id: int, lane: int, start: int, fade_in: int = 0):
+    def __init__(self, take_id: int, lane: int, start: int, fade_in: int = 0, replaces: "Voice | None" = None):
         self.take_id, self.lane, self.start, self.fade_in = take_id, lane, start, fade_in
+        self.replaces = replaces  # the voice on this lane it crossfades from (stopped at our start)
         self.chunks: deque[np.ndarray] = deque()
         self.head = 0  # samples of chunks[0] already consumed
         self.queued_end = start  # clock sample after the last queued one
@@ -44,10 +45,23 @@ class Voice:
             self.queued_end += len(pcm)
 
     def stop(self, at: int, fade: int) -> None:
-        """Fade out over `fade` samples from clock sample `at` (an earlier stop wins)."""
-        at = max(at, self.start)
+        """Fade out over `fade` samples from clock sample `at` (an earlier stop wins). A stop at or before the
+        start silences the whole take: nothing of it is heard, not even the fade."""
+        if at <= self.start:
+            at, fade = self.start, 0
         if self.stop_at is None or at + fade < self.stop_at + self.fade_out:
             self.stop_at, self.fade_out = at, fade
+
+    @property
+    def silenced(self) -> bool:
+        """Stopped before its first sample: it will never sound."""
+        return self.stop_at == self.start and self.fade_out == 0
+
+    def move(self, start: int) -> None:
+        """Start at clock sample `start` instead (only before anything of it was mixed)."""
+        assert self.pos == self.start and self.stop_at is None, "a voice moves only before it is mixed"
+        shift = start - self.start
+        self.start, self.pos, self.queued_end = start, self.pos + shift, self.queued_end + shift
 
     @property
     def end(self) -> int | None:
@@ -146,9 +160,14 @@ class Mixer:
 
     def add(self, voice: Voice) -> None:
         self.voices.append(voice)
+        self.take_back(voice.start)
+
+    def take_back(self, start: int) -> None:
+        """A voice starts at `start` (added, or moved there): only silence lies past earliest_start, so what the
+        bus holds from there is taken back and mixed again."""
         bus = self.bus
-        if voice.start < bus.filled:  # only silence lies past earliest_start: take it back and mix it again
-            bus.filled = max(voice.start, self.earliest_start)
+        if start < bus.filled:
+            bus.filled = max(start, self.earliest_start)
 
     def mix(self, horizon: int) -> None:
         bus = self.bus

@@ -6,8 +6,12 @@ lock: the audio callback copies, advances its index, and returns. Buffers and in
 which both sides read and write whole.
 
 - `InputRing`: the callback writes every input block; the engine reads the last N seconds when asked.
-- `MixBus`: the engine writes the final mix ahead of the playhead; the callback copies it out and zeroes what it
-  read, so a block the engine did not fill in time plays as silence and is counted as an underrun.
+- `MixBus`: the engine writes the final mix ahead of the playhead; the callback copies it out and zeroes what is
+  behind it, so a block the engine did not fill in time plays as silence and is counted as an underrun.
+
+Both rings follow the device's frame counter, not a count of callbacks: cycles the device ran without us are skipped
+(`skip`), and a block the device hands us a second time (a callback that ran late read the next cycle's frame) is
+played and recorded again in its place (`back`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from multiprocessing import resource_tracker, shared_memory
 import numpy as np
 
 # Cells of the counters array shared by the audio callback and the engine.
-IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS, BLOCKS, GO, MISSED = range(11)
+(IN_END, BUS_READ, BUS_FILLED, UNDERRUNS, XRUNS, XRUN_FLAGS, BLOCK_POS, BLOCK_NS, BLOCKS, GO, MISSED, CLOCK_SEQ, LATE,
+ BUS_ZEROED) = range(14)
 N_COUNTERS = 16
 
 
@@ -65,6 +70,11 @@ class InputRing:
         _clear(self.buf, self.end, n)
         self.end += n
 
+    def back(self, n: int) -> None:
+        """Callback side: the device hands us again the last `n` samples it gave (n <= the last block); the next
+        `write` records them again in their place."""
+        self.end -= n
+
     def read(self, start: int, stop: int) -> np.ndarray:
         """Engine side: a copy of clock samples [start, stop) as [C, n]; raises if they are not held."""
         end = self.end
@@ -72,14 +82,19 @@ class InputRing:
             raise ValueError(f"input samples up to {stop} are not recorded yet (recorded up to {end})")
         if start < end - self.capacity + 1024 or start < 0:
             raise ValueError(f"input sample {start} is older than the {self.capacity} samples the ring keeps")
-        idx = np.arange(start, stop) % self.capacity
-        return self.buf[idx].T.copy()
+        out = np.empty((self.buf.shape[1], stop - start), np.float32)  # [C, n]
+        i, n = start % self.capacity, stop - start
+        first = min(n, self.capacity - i)  # two slices around the wrap: a copy, no index array
+        out[:, :first] = self.buf[i : i + first].T
+        out[:, first:] = self.buf[: n - first].T
+        return out
 
 
 class MixBus:
     read_pos = _cell(BUS_READ, "next clock sample the callback plays (callback writes it)")
     filled = _cell(BUS_FILLED, "clock sample up to which the engine has written (engine writes it)")
     underruns = _cell(UNDERRUNS, "callback blocks that were not (fully) filled in time")
+    zeroed = _cell(BUS_ZEROED, "clock sample up to which the played ring is zeroed (callback writes it)")
 
     def __init__(self, channels: int, capacity: int, buf: np.ndarray | None = None,
                  counters: np.ndarray | None = None):
@@ -88,7 +103,10 @@ class MixBus:
         self.counters = np.zeros(N_COUNTERS, np.int64) if counters is None else counters
 
     def play(self, out: np.ndarray) -> None:
-        """Callback side: copy the next block into `out` [n, C] and zero it in the ring."""
+        """Callback side: copy the next block into `out` [n, C], and zero the ring behind it.
+
+        The block just played is zeroed one call later, not now: a device that hands us the same block again
+        (`back`) gets the same samples again."""
         n, cap = len(out), self.capacity
         r = self.read_pos
         if self.filled < r + n:
@@ -96,17 +114,25 @@ class MixBus:
         i = r % cap
         first = min(n, cap - i)
         out[:first] = self.buf[i : i + first]
-        self.buf[i : i + first] = 0.0
         if first < n:
             out[first:] = self.buf[: n - first]
-            self.buf[: n - first] = 0.0
+        z = self.zeroed
+        if z < r:  # everything played (or skipped) before this block: one lap of the ring at most
+            lo = max(z, r - cap)
+            _clear(self.buf, lo, r - lo)
+            self.zeroed = r
         self.read_pos = r + n
 
     def skip(self, n: int) -> None:
         """Callback side: `n` samples the device played without us (a cycle the server skipped us for) are gone:
-        the playhead moves past them, so that what follows stays on the device's clock."""
-        _clear(self.buf, self.read_pos, n)
+        the playhead moves past them, so that what follows stays on the device's clock. The next `play` zeroes
+        them."""
         self.read_pos += n
+
+    def back(self, n: int) -> None:
+        """Callback side: the device asks again for the last `n` samples it was given (n <= the last block, which
+        `play` keeps until the playhead has passed it)."""
+        self.read_pos = max(self.read_pos - n, self.zeroed)
 
     def write(self, start: int, block: np.ndarray) -> int:
         """Engine side: place the mix [n, C] at clock samples [start, start + n); returns samples written.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import signal
 import threading
 import tomllib
@@ -15,6 +16,8 @@ from pathlib import Path
 from segue.daemon.audio_io import AudioConfig, open_audio
 from segue.daemon.engine import Engine
 from segue.daemon.session import EngineConfig
+from segue.daemon.takes import lock_folder
+from segue.daemon.vocabulary import CommandError, check_number
 from segue.daemon.zmq_transport import ZmqServer
 from segue.models.errors import SegueError
 
@@ -50,8 +53,37 @@ class SettingsError(SegueError):
     pass
 
 
+# Settings with a fixed set of values; the numeric ones take their bounds from the vocabulary (`BOUNDS`, shared with
+# every other entry point); the rest are text.
+CHOICES = {"pace": ("realtime", "asap"), "sync": ("none", "link", "jack"), "midi_api": ("auto", "jack", "alsa")}
+NUMERIC = ("sample_rate", "block_size", "input_channels", "output_channels", "threads", "keep_models",
+           "chunk_frames")
+
+
+def _checked(key: str, v, where: str):
+    """One setting's value from the config file or a flag, checked; `where` names it in the message."""
+    if key in NUMERIC:
+        try:
+            return check_number(key, v, where)
+        except CommandError as exc:
+            raise SettingsError(exc.message) from exc
+    if key == "allow":
+        items = [v] if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise SettingsError(f"{where} must be a folder or a list of folders, got {v!r}")
+        return tuple(items)
+    if key == "audio_device" and isinstance(v, int) and not isinstance(v, bool):
+        return str(v)  # a device index
+    if not isinstance(v, str):
+        raise SettingsError(f"{where} must be text, got {type(v).__name__} {v!r}")
+    if key in CHOICES and v not in CHOICES[key]:
+        raise SettingsError(f"{where} must be {', '.join(CHOICES[key][:-1])} or {CHOICES[key][-1]}, got {v!r}")
+    return v
+
+
 def load_settings(config: str | None, flags: dict) -> ServeSettings:
-    """Defaults <- the TOML file's keys (same names as the flags, with '_' or '-') <- flags given."""
+    """Defaults <- the TOML file's keys (same names as the flags, with '_' or '-') <- flags given. Every value is
+    checked (type, range, choices) where it comes from: one SettingsError naming the file's key or the flag."""
     values: dict = {}
     names = {f.name for f in dataclasses.fields(ServeSettings)}
     if config:
@@ -59,36 +91,48 @@ def load_settings(config: str | None, flags: dict) -> ServeSettings:
             data = tomllib.loads(Path(config).read_text())
         except OSError as exc:
             raise SettingsError(f"cannot read the config file {config} ({exc.strerror})") from exc
+        except UnicodeDecodeError as exc:
+            raise SettingsError(f"{config} is not a text file ({exc.reason} at byte {exc.start}); give a TOML "
+                                "file of settings") from exc
         except tomllib.TOMLDecodeError as exc:
             raise SettingsError(f"{config} is not valid TOML ({exc}); fix the file") from exc
-        data = data.get("serve", data)
+        if "serve" in data:
+            if len(data) > 1:
+                raise SettingsError(f"{config}: settings both under [serve] and outside it "
+                                    f"({', '.join(sorted(k for k in data if k != 'serve'))}); put them in one place")
+            data = data["serve"]
+        if not isinstance(data, dict):
+            raise SettingsError(f"{config}: [serve] must be a table of settings")
         for k, v in data.items():
             key = k.replace("-", "_")
             if key not in names:
                 raise SettingsError(f"{config}: unknown setting '{k}'; known: {', '.join(sorted(names))}")
-            values[key] = tuple(v) if isinstance(v, list) else v
-    values.update({k: v for k, v in flags.items() if v is not None and k in names})
+            if key in values:
+                raise SettingsError(f"{config}: '{k}' is set twice (as {key} and {key.replace('_', '-')}); keep one")
+            values[key] = _checked(key, v, f"{config}: {k}")
+    values.update({k: _checked(k, v, "--" + k.replace("_", "-")) for k, v in flags.items()
+                   if v is not None and k in names})
     s = ServeSettings(**values)
-    if s.pace not in ("realtime", "asap"):
-        raise SettingsError(f"pace must be 'realtime' or 'asap', got {s.pace!r}")
-    if not 16 <= s.block_size <= 8192:
-        raise SettingsError(f"block size {s.block_size} is out of range (16 to 8192 samples)")
-    for ep in (s.zmq, s.pub):
-        if ep and ep.startswith("tcp://") and not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
-            log.warning("listening on %s: reachable from the network", ep)
-    if not 0 <= s.keep_models <= 16:
-        raise SettingsError(f"keep-models must be 0 to 16, got {s.keep_models}")
-    if s.threads is not None and not 1 <= s.threads <= 1024:
-        raise SettingsError(f"threads must be 1 to 1024, got {s.threads}")
-    if s.sync not in ("none", "link", "jack"):
-        raise SettingsError(f"sync must be link, jack or none, got {s.sync!r}")
-    if s.midi_api not in ("auto", "jack", "alsa"):
-        raise SettingsError(f"midi-api must be auto, jack or alsa, got {s.midi_api!r}")
+    for flag, ep in (("--zmq", s.zmq), ("--pub", s.pub)):
+        if not ENDPOINT.fullmatch(ep):
+            raise SettingsError(f"{flag} must be a ZeroMQ endpoint such as tcp://127.0.0.1:5555 (tcp://, ipc:// or "
+                                f"inproc://), got {ep!r}")
+        if ep.startswith("tcp://"):
+            port = ep.rpartition(":")[2]
+            if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):  # ZeroMQ wraps 99999 to 34463
+                raise SettingsError(f"{flag} {ep}: the port must be 1 to 65535, or * for any free one")
+            if not ep.startswith(("tcp://127.0.0.1:", "tcp://localhost:")):
+                log.warning("listening on %s: reachable from the network", ep)
+    if s.zmq == s.pub and not s.zmq.endswith(":*"):  # two `*` ports are two free ports
+        raise SettingsError(f"--zmq and --pub are both {s.zmq}; they need two endpoints")
     if s.osc != "none":
         osc_address(s.osc)
         if not s.osc.startswith(("127.0.0.1:", "localhost:")):
             log.warning("OSC on %s: reachable from the network", s.osc)
     return s
+
+
+ENDPOINT = re.compile(r"(tcp|ipc|inproc)://\S+")
 
 
 def osc_address(text: str) -> tuple[str, int]:
@@ -101,42 +145,45 @@ def osc_address(text: str) -> tuple[str, int]:
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
     import torch
 
-    from segue.daemon.model_slot import checked_load
+    from segue.daemon.model_slot import checked_load, client_fetch
     from segue.models.loading.builder import load_model, parse_device, resolve_dtype
-    from segue.models.loading.hub import fetch
 
     # The audio callback (and JACK, and the other clients) must find a core free when its deadline comes: on a CPU
     # box the model gets every core but one.
     torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) - 1))
     device = parse_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
-    model = load_model(s.model, device, dtype)
-    if model.lm is None:
-        raise SettingsError(f"{s.model} has no language model; serve a MusicGen or AudioGen model")
-    audio_device = "none" if s.pace == "asap" else s.audio_device
-    audio = open_audio(AudioConfig(audio_device, s.sample_rate, s.block_size, s.input_channels, s.output_channels),
-                       fallback_rate=48000)
-    cfg = EngineConfig(Path(s.takes), tuple(Path(p) for p in s.allow), chunk_frames=s.chunk_frames, pace=s.pace,
-                       keep_models=s.keep_models)
+    # What can fail on the user's settings fails now, before minutes of loading: the takes folder, the sockets.
+    for folder in s.allow:
+        if not Path(folder).expanduser().is_dir():
+            what = "is a file, not a folder" if Path(folder).expanduser().exists() else "no such folder"
+            raise SettingsError(f"--allow {folder}: {what}; give a folder that exists")
+    cfg = EngineConfig(_takes_folder(s.takes), tuple(Path(p).expanduser().resolve() for p in s.allow),
+                       chunk_frames=s.chunk_frames, pace=s.pace, keep_models=s.keep_models)
     transports: list = []  # every transport hears every event
-    engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports],
-                    load=lambda ref: checked_load(ref, device, dtype, fetch, load_model))
-    try:  # from here on, whatever fails closes what was opened (the audio with the engine)
-        engine.warm_up()
-        zmq_server = ZmqServer(engine, s.zmq, s.pub)
-        engine.mixer.publish = zmq_server.audio
-        transports.append(zmq_server)
-        osc = None
+    try:  # from here on, whatever fails closes what was opened
+        transports.append(_listen_zmq(s))
         if s.osc != "none":
-            from segue.osc_bridge.osc_server import OscServer
-
-            host, port = osc_address(s.osc)
-            try:
-                osc = OscServer(engine, host, port)
-            except OSError as exc:
-                raise SettingsError(f"cannot listen for OSC on {s.osc} ({exc.strerror}); pick another with --osc "
-                                    "HOST:PORT or turn it off with --osc none") from exc
-            transports.append(osc)
+            transports.append(_listen_osc(s.osc))
+    except BaseException:
+        for t in transports:
+            t.close()
+        raise
+    zmq_server, osc = transports[0], (transports[1] if len(transports) > 1 else None)
+    engine = None
+    try:
+        model = load_model(s.model, device, dtype)
+        if model.lm is None:
+            raise SettingsError(f"{s.model} has no language model; serve a MusicGen or AudioGen model")
+        audio_device = "none" if s.pace == "asap" else s.audio_device
+        audio = open_audio(AudioConfig(audio_device, s.sample_rate, s.block_size, s.input_channels,
+                                       s.output_channels), fallback_rate=48000)
+        engine = Engine(model, audio, cfg, emit=lambda ev: [t.event(ev) for t in transports],
+                        load=lambda ref: checked_load(ref, device, dtype, client_fetch, load_model))
+        engine.warm_up()
+        for t in transports:
+            t.attach(engine)
+        engine.mixer.publish = zmq_server.audio
         midi = _open_midi(s, engine)
         if midi is not None:
             transports.append(midi)
@@ -150,7 +197,8 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
         for t in transports:
             t.start()
         st = audio.status()
-        ready(f"segue ready: model {model.info.ref} ({model.info.kind}, {model.sample_rate} Hz) on {model.device}"
+        ready(f"segue ready: model {model.info.ref} ({model.info.kind}, {model.sample_rate} Hz) on {model.device}, "
+              f"LM {model.lm.precision}"
               f" | audio {st['audio_device']} {audio.sample_rate} Hz, block {audio.block}, "
               f"latency out {1000 * audio.output_latency / audio.sample_rate:.1f} ms "
               f"in {1000 * audio.input_latency / audio.sample_rate:.1f} ms"
@@ -164,7 +212,47 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
     finally:
         for t in transports:
             t.close()
-        engine.close()
+        if engine is not None:
+            engine.close()
+
+
+def _takes_folder(takes: str) -> Path:
+    """The takes folder, made if needed; absolute, so that the paths in events and `status` mean the same to a
+    client in another folder."""
+    folder = Path(takes).expanduser().resolve()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"cannot use {takes} as the takes folder ({exc.strerror}); pick another with "
+                            "--takes DIR") from exc
+    if not os.access(folder, os.W_OK):
+        raise SettingsError(f"cannot write takes to {folder}; pick another folder with --takes DIR")
+    lock_folder(folder).close()  # another daemon's folder: said now, before the model loads (the engine locks it)
+    return folder
+
+
+def _listen_zmq(s: ServeSettings) -> ZmqServer:
+    import zmq
+
+    try:
+        return ZmqServer(None, s.zmq, s.pub)
+    except zmq.ZMQError as exc:
+        why = ("another segue (or another program) may be listening there: stop it, or pick"
+               if exc.errno == zmq.EADDRINUSE else "check the address (a local interface, an existing folder for "
+               "ipc://), or pick")
+        raise SettingsError(f"cannot listen on {s.zmq} / {s.pub} ({exc.strerror}); {why} other endpoints with "
+                            "--zmq and --pub") from exc
+
+
+def _listen_osc(address: str):
+    from segue.osc_bridge.osc_server import OscServer
+
+    host, port = osc_address(address)
+    try:
+        return OscServer(None, host, port)
+    except OSError as exc:
+        raise SettingsError(f"cannot listen for OSC on {address} ({exc.strerror}); pick another with --osc "
+                            "HOST:PORT or turn it off with --osc none") from exc
 
 
 def stop_on_signals(stop: threading.Event | None) -> threading.Event:

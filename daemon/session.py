@@ -16,7 +16,7 @@ class EngineConfig:
     chunk_frames: int = 5  # frames per decoded chunk (100 ms at 50 Hz): the unit of latency and of loss on a crash
     crossfade: float = 0.05  # seconds, when a take replaces the one playing on its lane
     end_fade: float = 0.005  # seconds of release at the end of a finite take (no click at the cut)
-    max_lead: float = 10.0  # seconds an endless take may run ahead of the playhead
+    max_lead: float = 10.0  # seconds a take may generate ahead of the playhead (more only when pacing needs it)
     pace: str = "realtime"  # "asap": no playback, render takes as fast as possible
     max_takes: int = 8  # takes generating at once
     # Seconds of mix the bus holds ahead of the playhead at least: the engine thread must never stall longer (the

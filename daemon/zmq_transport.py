@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import time
 
 import numpy as np
 import zmq
@@ -29,21 +30,35 @@ MAX_JSON_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 256 << 20  # larger messages are dropped by ZeroMQ itself (the peer is disconnected)
 
 
-def handle_request(engine: Engine, frames: list[bytes]) -> dict:
-    """One request's frames (after routing) -> its reply. Never raises for bad input."""
+def _parse_int(digits: str) -> int | float:
+    """A JSON integer; one too long for any field (Python refuses past 4300 digits, with advice meant for
+    programmers) is infinite, which every numeric field answers with `out_of_range`."""
+    if len(digits) <= 64:
+        return int(digits)
+    return float("-inf") if digits.startswith("-") else float("inf")
+
+
+def handle_request(engine: Engine, frames: list[bytes], received: float | None = None) -> dict:
+    """One request's frames (after routing) -> its reply. Never raises for bad input. `received`: the clock sample
+    read as the message arrived."""
     if not frames or len(frames) > 2:
         return error_reply(BAD_JSON, "send one JSON frame (and, for source 'pcm', one float32 frame)")
     if len(frames[0]) > MAX_JSON_BYTES:
         return error_reply(TOO_LARGE, f"the JSON frame is {len(frames[0])} bytes; the limit is {MAX_JSON_BYTES}")
     try:
-        request = json.loads(frames[0])
+        request = json.loads(frames[0], parse_int=_parse_int)
     except (ValueError, UnicodeDecodeError) as exc:
         return error_reply(BAD_JSON, f"the request is not valid JSON ({exc})")
-    return answer(engine, request, frames[1] if len(frames) == 2 else None)
+    except RecursionError:  # json's decoder recurses once per level of nesting
+        return error_reply(BAD_JSON, "the request is nested too deep; a request is one flat JSON object")
+    return answer(engine, request, frames[1] if len(frames) == 2 else None, received=received)
 
 
 class ZmqServer(Transport):
-    def __init__(self, engine: Engine, endpoint: str, pub_endpoint: str | None, context: zmq.Context | None = None):
+    def __init__(self, engine: Engine | None, endpoint: str, pub_endpoint: str | None,
+                 context: zmq.Context | None = None):
+        """Binds at once (raises zmq.ZMQError when it cannot); `engine` may come later, through `attach`, before
+        `start` (segue serve binds before it loads the model, so a busy port fails fast)."""
         super().__init__("segue-zmq")
         self.engine = engine
         self.ctx = context or zmq.Context.instance()
@@ -55,6 +70,7 @@ class ZmqServer(Transport):
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub = None
         self.pub_endpoint = None
+        self._logged = 0.0  # when a request's unexpected failure was last logged
         if pub_endpoint:
             self.pub = self.ctx.socket(zmq.PUB)
             self.pub.setsockopt(zmq.LINGER, 0)
@@ -62,6 +78,9 @@ class ZmqServer(Transport):
             self.pub.bind(pub_endpoint)
             self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
 
     # Called from the engine thread: hand over, never touch the sockets (they belong to the transport thread).
     def event(self, ev: dict) -> None:
@@ -89,15 +108,19 @@ class ZmqServer(Transport):
             frames = self.router.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:
             return
+        received = self.engine.audio.now()  # time-sensitive commands count from here
         identity, rest = frames[0], frames[1:]
         route = [identity]
         if rest and rest[0] == b"":  # REQ envelope
             route.append(b"")
             rest = rest[1:]
         try:
-            reply = handle_request(self.engine, rest)
-        except Exception as exc:  # never let one request take the transport down
-            log.exception("request")
+            reply = handle_request(self.engine, rest, received)
+        except Exception as exc:  # never let one request take the transport down (logged once a second)
+            now = time.monotonic()
+            if now - self._logged >= 1.0:
+                self._logged = now
+                log.exception("request")
             reply = error_reply("internal", f"internal error: {exc}")
         try:
             self.router.send_multipart(route + [json.dumps(reply).encode()], zmq.NOBLOCK)

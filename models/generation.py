@@ -23,8 +23,23 @@ from segue.models.musicgen import MusicGen
 MAX_SECONDS = 3600.0  # one take; beyond this a request is almost certainly a typo (ms for s)
 
 
+def whole_frames(audio, hop: int):
+    """samples [..., N] -> the newest `N - N % hop` of them: whole codec frames that end on the last sample.
+
+    The codec pads a partial last frame, so a prompt that is not a whole number of frames would end in padding and
+    its continuation would start up to a frame after the real audio ends (a bar prompt would run past its bar line).
+    Dropping the oldest `N % hop` samples instead keeps the end exact. Works on numpy arrays and tensors alike.
+    """
+    return audio[..., audio.shape[-1] % hop :]
+
+
 def prompt_codes(model: MusicGen, audio: torch.Tensor) -> torch.Tensor:
-    """audio [channels, N] at the model rate -> LM codes [1, K, T_p]."""
+    """audio [channels, N] at the model rate -> LM codes [1, K, N // hop] of its newest whole frames (see
+    `whole_frames`: the codes end exactly where the audio ends). Raises RequestError for less than one frame."""
+    audio = whole_frames(audio, model.hop_length)
+    if audio.shape[-1] == 0:
+        raise RequestError(f"the prompt audio is shorter than one codec frame ({model.hop_length} samples, "
+                           f"{1000 * model.hop_length / model.sample_rate:g} ms); give more audio")
     return model.encode(audio[None].to(model.device))
 
 
@@ -107,6 +122,10 @@ class Take:
             raise RequestError(str(exc)) from exc
         self.skip = self.n_prompt * model.hop_length  # samples of prompt audio the decoders will emit first
         self.read = 0
+        ready = self.stream.frames_ready
+        if ready:  # the decoders run through the prompt's frames now, with the prefill: part of setting the take
+            self.read = ready  # up, so its first chunk of new audio comes one chunk's steps after it starts, not a
+            self._decode(self.stream.read_frames(0, ready), last=False)  # whole prompt's decoding later
 
     @classmethod
     def from_snapshot(cls, model: MusicGen, snap: "TakeSnapshot", frames: int | None, seed: int | None = None,
@@ -191,9 +210,11 @@ class Take:
 
 @torch.no_grad()
 def pump_takes(takes: list[Take]) -> list[np.ndarray | None]:
-    """`Take.pump()` for each take, with one LM step for all of them (`step_streams`): what each returns is what
-    its own `pump()` would. Takes already done give None; takes whose stream is done still decode what is left.
-    The takes must share one LM."""
+    """`Take.pump()` for each take, with one LM step for all of them (`step_streams`). Each returns a chunk at the
+    pumps its own `pump()` would, of the same length; its codes and audio are the ones `pump()` would give until a
+    near tie among its draws, after which it is another, equally likely take (a batched GEMM rounds unlike a
+    smaller one: see `step_streams`). One take is `pump()` bit for bit. Takes already done give None; takes whose
+    stream is done still decode what is left. The takes must share one LM."""
     if len({id(t) for t in takes}) != len(takes):
         raise ValueError("a take is listed twice; list each take once per pump")
     live = [not t.done for t in takes]

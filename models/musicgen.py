@@ -35,10 +35,16 @@ class MusicGen:
     """
 
     def __init__(self, codec: Encodec, lm: MusicGenLM | None, text: TextEncoder | None, info: ModelInfo,
-                 chroma: ChromaConfig | None = None):
+                 chroma: ChromaConfig | None = None, channels: int | None = None):
+        """channels: for a codec loaded alone (`lm` None), the channels of the LM it serves, when known (2 for a
+        stereo MusicGen's mono codec: its codes interleave left and right); default the codec's own."""
         if lm is not None and lm.cfg.n_q != codec.cfg.n_q * (lm.cfg.channels // codec.cfg.channels):
             raise ValueError(f"LM models {lm.cfg.n_q} codebooks but the codec has {codec.cfg.n_q}")
+        if channels is not None and (lm is not None or channels % codec.cfg.channels):
+            raise ValueError(f"channels={channels} is for a codec loaded alone, in multiples of its "
+                             f"{codec.cfg.channels}")
         self.codec, self.lm, self.text, self.info = codec, lm, text, info
+        self._codec_only_channels = channels or codec.cfg.channels
         self.conditioner = Conditioner(lm, text) if lm is not None else None
         self.chroma: ChromaConfig | None = None
         if lm is not None and lm.cfg.takes_melody:
@@ -60,7 +66,7 @@ class MusicGen:
     @property
     def channels(self) -> int:
         """Audio channels of the generated signal (2 for stereo MusicGen, whose codec is mono)."""
-        return self.lm.cfg.channels if self.lm is not None else self.codec.cfg.channels
+        return self.lm.cfg.channels if self.lm is not None else self._codec_only_channels
 
     @property
     def frame_rate(self) -> float:

@@ -53,7 +53,8 @@ ADDRESSES: tuple[Address, ...] = (
             "-> `/segue/takes.reply` with the newest takes' WAV paths (default 10)"),
     Address(f"{PREFIX}/notify", None, ("on", "port"), 1, False, None,
             "`1`: send this address the take events (`/segue/take/...`); `0`: stop. With `port`, every answer "
-            "to this host goes to that port (for senders that cannot listen where they send from)"),
+            "to this host goes to that port (for senders that cannot listen where they send from); a new port "
+            "replaces the old one, as a listener too"),
     Address(f"{PREFIX}/learn", None, ("kind",), 1, True, f"{PREFIX}/learned",
             "MIDI learn: `note cmd <command> [key value]...` or `cc set <setting> min <lo> max <hi> [curve exp]`; "
             "the next note / CC gets it, the mapping is saved -> `/segue/learned <kind> <number>`"),
@@ -66,7 +67,8 @@ BY_PATH = {a.path: a for a in ADDRESSES}
 # Replies and events segue sends (documented with the table).
 OUTGOING: tuple[tuple[str, str], ...] = (
     (f"{PREFIX}/done", "`<cmd> <id>`: a command was accepted (id: the take's or request's number)"),
-    (f"{PREFIX}/fail", "`<cmd> <message> <code>`: refused, or failed later (`code` is machine-readable)"),
+    (f"{PREFIX}/fail", "`<cmd> <message> <code> [id]`: refused at once (no id), or failed later, after its "
+                       "`/segue/done` (with its id); `code` is machine-readable"),
     (f"{PREFIX}/take/queued", "`<id> <start sample> <wav path>` (to `/segue/notify` clients)"),
     (f"{PREFIX}/take/started", "`<id> <start sample>`"),
     (f"{PREFIX}/take/progress", "`<id> <generated s> <played s>`"),

@@ -149,21 +149,22 @@ class MidiInput(Service):
     # -- rtmidi's thread ------------------------------------------------------------------------------------------
     def _on(self, msg) -> None:
         try:
+            stamp = self.engine.now()  # time-sensitive commands count from the message's arrival
             self.received += 1
             if self._learning is not None and self._learned(msg):
                 return
             t = msg.type
             if t == "clock":
-                self._clock(time.monotonic())
+                self._clock(time.monotonic(), stamp)
             elif t == "start":
                 self._tick_count, self._ticks = 0, []
             elif t == "continue":
                 self._tick_count = self._tick_count or 0
             elif t == "stop":
                 self._tick_count = None
-                self._submit({"cmd": "stop"})
+                self._submit({"cmd": "stop"}, received=stamp)
             elif t == "note_on" and msg.velocity > 0:
-                self._submit(self.map.on_note(msg.note, msg.channel + 1))
+                self._submit(self.map.on_note(msg.note, msg.channel + 1), received=stamp)
             elif t == "control_change":
                 self._cc(self.map.on_cc(msg.control, msg.value, msg.channel + 1))
             elif t == "program_change":
@@ -171,10 +172,10 @@ class MidiInput(Service):
         except Exception:  # a bad message must never stop MIDI input
             log.exception("MIDI message %s", msg)
 
-    def _submit(self, request: dict | None, origin: str = "midi") -> None:
+    def _submit(self, request: dict | None, origin: str = "midi", received: float | None = None) -> None:
         if request is None:
             return
-        reply = self.engine.answer(request, origin=origin)
+        reply = self.engine.answer(request, origin=origin, received=received)
         if not reply["ok"]:
             log.warning("MIDI %s refused: %s", request.get("cmd"), reply["message"])
 
@@ -190,7 +191,7 @@ class MidiInput(Service):
         else:
             self._cc_pending[key] = request  # the flusher sends the latest one
 
-    def _clock(self, now: float) -> None:
+    def _clock(self, now: float, stamp: float | None = None) -> None:
         ticks = self._ticks
         ticks.append(now)
         if len(ticks) > PPQN + 1:
@@ -207,7 +208,7 @@ class MidiInput(Service):
             if self._tick_count is not None:
                 req["beat"] = (self._tick_count - 1) / PPQN  # the first tick after Start is beat 0
             self._sent_bpm, self._sent_at = bpm, now
-            self._submit(req, origin="midi_clock")
+            self._submit(req, origin="midi_clock", received=stamp)
 
     # -- the flusher thread ---------------------------------------------------------------------------------------
     def _run(self) -> None:

@@ -127,6 +127,8 @@ def _cc_rule(where: str, target, lo, hi, curve, ch: int | None) -> CcRule:
         raise MappingError(f"{where}: 'set' must be a numeric setting, got {target!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
         raise MappingError(f"{where}: give numeric 'min' and 'max'")
+    if not all(math.isfinite(v) for v in (lo, hi)):  # the range itself is checked at both ends below
+        raise MappingError(f"{where}: 'min' and 'max' must be finite numbers, got {lo} and {hi}")
     if curve not in CURVES or (curve == "exp" and (lo <= 0 or hi <= 0)):
         raise MappingError(f"{where}: curve must be linear or exp (exp needs min and max above 0)")
     rule = CcRule(target, float(lo), float(hi), curve, ch)

@@ -1,8 +1,11 @@
 """The OSC transport: a UDP server that turns messages (addresses.py) into the daemon's commands, queues them for
 the engine, and answers the sender in scsynth's manner.
 
-- Every accepted command -> `/segue/done <cmd> <id>` to its sender; a refusal, now or later (an engine error for
-  that id), -> `/segue/fail <cmd> <message> <code>`.
+- Every message gets one answer at once: `/segue/done <cmd> <id>` when accepted, `/segue/fail <cmd> <message>
+  <code>` when refused. A command the engine refuses later (an error event for its id) gets
+  `/segue/fail <cmd> <message> <code> <id>`, always after its `/segue/done`.
+- Each message is stamped with the audio clock as it arrives: `tempo` anchors its beat there and `stop` counts
+  from there, however busy the engine is.
 - `/segue/notify 1` registers the sender for take events; `/segue/sync n` -> `/segue/synced n`.
 - A bundle whose time tag is in the future is scheduled on the audio clock (never by sleeping here): a take
   without its own `start` starts at that time, `tempo` and `stop` act at it, `set` is held until it.
@@ -24,12 +27,16 @@ from pythonosc.osc_packet import OscPacket, ParseError
 from segue.daemon.dispatch import Transport, backend
 from segue.daemon.engine import Engine
 from segue.osc_bridge.addresses import PREFIX, OscError, to_request
+from segue.osc_bridge.osc_wire import OscWireError, check_packet
 
 log = logging.getLogger("segue.osc")
 
 MAX_PACKET = 65507  # the largest UDP payload; a larger OSC packet cannot arrive whole anyway
 RATE_LIMIT = 500  # messages per second per sender
+TOTAL_RATE = 2000  # messages per second from all senders together (40 senders under RATE_LIMIT got 13,000 through)
 MAX_NOTIFY = 32  # registered event listeners
+NOTIFY_IDLE_S = 60.0  # a listener whose sender has been quiet this long gives its place to a new one when all are taken
+MAX_REPLY_PORTS = 1024  # senders remembered with a reply port
 MAX_PENDING = 4096  # ids whose sender is remembered for later /segue/fail
 
 
@@ -46,22 +53,31 @@ def encode(address: str, *args) -> bytes:
 
 
 class OscServer(Transport):
-    def __init__(self, engine: Engine, host: str = "127.0.0.1", port: int = 9000):
+    def __init__(self, engine: Engine | None, host: str = "127.0.0.1", port: int = 9000):
+        """Binds at once (raises OSError when it cannot); `engine` may come later, through `attach`, before
+        `start`."""
         super().__init__("segue-osc")
-        self.engine = backend(engine)
+        self.engine = None if engine is None else backend(engine)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.sock.settimeout(0.05)
         self.address = self.sock.getsockname()
-        self.listeners: list[tuple[str, int]] = []
-        # Senders that cannot receive on the port they send from (liblo's oscsend, Max's udpsend/udpreceive pair)
-        # name a reply port with `/segue/notify 1 PORT`: every answer to that host goes there.
-        self.reply_ports: dict[str, int] = {}
+        # Event listeners: address -> [the sender that registered it, when that sender was last heard from].
+        self.listeners: dict[tuple[str, int], list] = {}
+        # Senders that cannot receive on the port they send from (Max's udpsend/udpreceive pair, Pd's netsend)
+        # name a reply port with `/segue/notify 1 PORT`: that sender's answers go there (its host, that port).
+        # Per sender, never per host: another client on the same host keeps its own answers.
+        self.reply_ports: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._total = [0.0, 0]  # window start, messages from all senders in it
         self.pending: OrderedDict[int, tuple[tuple[str, int], str]] = OrderedDict()  # id -> (sender, cmd)
         self.outbox: queue.SimpleQueue = queue.SimpleQueue()  # events from the engine thread
         self._rate: dict[tuple[str, int], list] = {}  # sender -> [window start, count, last fail sent]
         self.dropped = 0  # messages refused by the rate limit
+        self._logged = 0.0  # when a packet's unexpected failure was last logged
         self.midi = None  # the MIDI input, for /segue/learn (set by serve)
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = backend(engine)
 
     # Called from the engine thread: hand over only.
     def event(self, ev: dict) -> None:
@@ -82,14 +98,18 @@ class OscServer(Transport):
                     return
                 continue
             if data is not None:
+                received = self.engine.now()
                 try:
-                    self._packet(data, sender)
-                except Exception:  # never let one packet take the transport down
-                    log.exception("OSC packet from %s", sender)
+                    self._packet(data, sender, received)
+                except Exception:  # never let one packet take the transport down (logged once a second)
+                    now = time.monotonic()
+                    if now - self._logged >= 1.0:
+                        self._logged = now
+                        log.exception("OSC packet from %s", sender)
             self._flush_events()
 
     def _reply_to(self, sender: tuple[str, int]) -> tuple[str, int]:
-        port = self.reply_ports.get(sender[0])
+        port = self.reply_ports.get(sender)
         return sender if port is None else (sender[0], port)
 
     def _send(self, to: tuple[str, int], address: str, *args) -> None:
@@ -107,28 +127,46 @@ class OscServer(Transport):
         if now - r[0] >= 1.0:
             r[0], r[1] = now, 0
         r[1] += 1
-        if r[1] <= RATE_LIMIT:
+        total = self._total
+        if now - total[0] >= 1.0:
+            total[0], total[1] = now, 0
+        total[1] += 1
+        if r[1] <= RATE_LIMIT and total[1] <= TOTAL_RATE:
+            for listener in self.listeners.values():  # a sender heard from keeps its listener alive
+                if listener[0] == sender:
+                    listener[1] = now
             return False
         self.dropped += 1
         if now - r[2] >= 1.0:
             r[2] = now
-            self._send(sender, f"{PREFIX}/fail", "*", f"more than {RATE_LIMIT} messages a second; slow down",
-                       "rate_limited")
+            why = (f"more than {RATE_LIMIT} messages a second" if r[1] > RATE_LIMIT else
+                   f"more than {TOTAL_RATE} messages a second from all senders")
+            self._send(sender, f"{PREFIX}/fail", "*", f"{why}; slow down", "rate_limited")
         return True
 
-    def _packet(self, data: bytes, sender: tuple[str, int]) -> None:
+    def _packet(self, data: bytes, sender: tuple[str, int], received: float | None = None) -> None:
         try:
+            check_packet(data)  # python-osc parses only what is exactly valid (see osc_wire.py)
             timed = OscPacket(data).messages
+        except OscWireError as exc:
+            if not self._limited(sender):
+                self._send(sender, f"{PREFIX}/fail", exc.name, f"not valid OSC: {exc.message}", exc.code)
+            return
         except ParseError as exc:
             if not self._limited(sender):
                 self._send(sender, f"{PREFIX}/fail", "*", f"not an OSC packet ({exc})", "bad_request")
             return
+        if not timed:  # a valid bundle with nothing in it: still one answer
+            if not self._limited(sender):
+                self._send(sender, f"{PREFIX}/fail", "*", "the bundle holds no message", "bad_request")
+            return
         for tm in timed:
             if self._limited(sender):
                 return
-            self._message(tm.message.address, list(tm.message.params), tm.time, sender)
+            self._message(tm.message.address, list(tm.message.params), tm.time, sender, received)
 
-    def _message(self, path: str, args: list, when: float, sender: tuple[str, int]) -> None:
+    def _message(self, path: str, args: list, when: float, sender: tuple[str, int],
+                 received: float | None = None) -> None:
         name = path.rsplit("/", 1)[-1]
         try:
             addr, fields = to_request(path, args)
@@ -141,11 +179,12 @@ class OscServer(Transport):
         if addr.cmd == "takes":
             count = fields.pop("count", 10)
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= 1000:
+                code = "out_of_range" if isinstance(count, int) and not isinstance(count, bool) else "bad_type"
                 self._send(sender, f"{PREFIX}/fail", "takes", f"count must be a whole number 0 to 1000, got {count!r}",
-                           "bad_type")
+                           code)
                 return
         at = self._clock_sample(when)
-        reply = self.engine.answer(fields, None, at, origin="osc")
+        reply = self.engine.answer(fields, None, at, origin="osc", received=received)
         if not reply["ok"]:
             self._send(sender, f"{PREFIX}/fail", addr.cmd, reply["message"], reply["code"])
         elif addr.cmd == "status":
@@ -173,20 +212,35 @@ class OscServer(Transport):
             self._learn(fields, sender)
         elif path.endswith("/notify"):
             on, port = fields.get("on"), fields.get("port")
-            if on not in (0, 1) or (port is not None and (not isinstance(port, int) or not 0 < port < 65536)):
-                self._send(sender, f"{PREFIX}/fail", "notify", "notify takes 1 (on) or 0 (off), then optionally "
-                                                               "the port to answer to", "bad_type")
+            if on not in (0, 1) or isinstance(on, float):
+                self._send(sender, f"{PREFIX}/fail", "notify", f"notify takes 1 (on) or 0 (off), then optionally "
+                                                               f"the port to answer to; got {on!r}", "bad_type")
                 return
+            if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+                code = "out_of_range" if isinstance(port, int) and not isinstance(port, bool) else "bad_type"
+                self._send(sender, f"{PREFIX}/fail", "notify", f"the port to answer to must be 1 to 65535, got "
+                                                               f"{port!r}", code)
+                return
+            now = time.monotonic()
             if port is not None:
-                self.reply_ports[sender[0]] = port
-            sender = self._reply_to(sender)
-            if on and sender not in self.listeners:
-                if len(self.listeners) >= MAX_NOTIFY:
-                    self._send(sender, f"{PREFIX}/fail", "notify", f"{MAX_NOTIFY} listeners already", "busy")
+                old = self._reply_to(sender)
+                self.reply_ports[sender] = port
+                self.reply_ports.move_to_end(sender)
+                while len(self.reply_ports) > MAX_REPLY_PORTS:
+                    self.reply_ports.popitem(last=False)
+                if old in self.listeners and self.listeners[old][0] == sender:
+                    del self.listeners[old]  # the sender's listener moves with its reply port: events never go twice
+            to = self._reply_to(sender)
+            if on and to not in self.listeners:
+                if len(self.listeners) >= MAX_NOTIFY and not self._free_a_listener(now):
+                    self._send(sender, f"{PREFIX}/fail", "notify", f"{MAX_NOTIFY} listeners already, all heard from "
+                                                                   f"in the last {NOTIFY_IDLE_S:g} s", "busy")
                     return
-                self.listeners.append(sender)
-            elif not on and sender in self.listeners:
-                self.listeners.remove(sender)
+                self.listeners[to] = [sender, now]
+            elif on:
+                self.listeners[to] = [sender, now]  # registering again renews it
+            elif to in self.listeners and self.listeners[to][0] == sender:  # only its own: never another's
+                del self.listeners[to]
             self._send(sender, f"{PREFIX}/done", "notify", int(on))
         else:  # sync: everything sent before it is queued by now (this thread handles packets in order)
             n = fields.get("n")
@@ -194,6 +248,15 @@ class OscServer(Transport):
                 self._send(sender, f"{PREFIX}/fail", "sync", "sync takes a number", "bad_type")
                 return
             self._send(sender, f"{PREFIX}/synced", n)
+
+    def _free_a_listener(self, now: float) -> bool:
+        """All listener places taken: the one whose sender has been quiet longest goes, if it has been quiet for
+        `NOTIFY_IDLE_S` (a patch closed without `/segue/notify 0`, a client that filled every place)."""
+        to, (_, seen) = min(self.listeners.items(), key=lambda kv: kv[1][1])
+        if now - seen < NOTIFY_IDLE_S:
+            return False
+        del self.listeners[to]
+        return True
 
     def _learn(self, fields: dict, sender: tuple[str, int]) -> None:
         from segue.osc_bridge.midi_map import MappingError
@@ -226,7 +289,7 @@ class OscServer(Transport):
             return
         if kind == "error" and rid in self.pending:
             sender, cmd = self.pending[rid]
-            self._send(sender, f"{PREFIX}/fail", cmd, ev.get("message", ""), ev.get("code", "internal"))
+            self._send(sender, f"{PREFIX}/fail", cmd, ev.get("message", ""), ev.get("code", "internal"), rid)
         msg = event_message(ev)
         if msg is not None:
             for to in list(self.listeners):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 import numpy as np
 import zmq
 
 from segue.daemon.audio_io import Audio
+from segue.daemon.client import Client
 from segue.daemon.dispatch import error_reply
 from segue.daemon.service import Service
 from segue.daemon.vocabulary import CommandError, Continue, Generate, Retry, Tempo, parse
@@ -42,41 +42,33 @@ class BridgeError(SegueError):
 class RemoteDaemon:
     def __init__(self, endpoint: str, delay: float = 0.15, timeout: float = 3.0):
         self.endpoint, self.delay, self.timeout = endpoint, delay, timeout
-        self.ctx = zmq.Context.instance()
-        self.lock = threading.Lock()  # the OSC, MIDI and player threads share one request socket
-        self.sock = self._socket()
+        # Shared by the OSC, MIDI and player threads: `Client` sends one request at a time, makes a request's
+        # relative paths absolute against the bridge's current folder, and replaces its socket after a timeout (a
+        # late reply is never taken for the next request's).
+        self.client = Client(endpoint, timeout=timeout)
         self.sample_rate = 0
         self.offset = 0.0  # daemon clock sample heard at local monotonic time t: offset + t * sample_rate
         self.rtt = float("inf")
         self.synced_at = 0.0
         self.takes_dir = ""
         if not self.sync_clock():
+            self.client.close()
             raise BridgeError(f"no daemon answers on {endpoint}; start `segue serve` there (with --zmq "
                               "tcp://0.0.0.0:5555 to listen beyond its own machine) or fix --daemon")
 
-    def _socket(self):
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        return sock
-
-    def _send(self, frames: list[bytes]) -> dict:
-        with self.lock:
-            self.sock.send_multipart(frames)
-            if not self.sock.poll(int(self.timeout * 1000)):
-                # A reply that comes later must not be taken for the next request's: start a fresh socket.
-                self.sock.close()
-                self.sock = self._socket()
-                return error_reply(UNREACHABLE, f"the daemon at {self.endpoint} did not answer within "
-                                                f"{self.timeout:g} s; is it running and reachable?")
-            return json.loads(self.sock.recv())
+    def _call(self, request: dict, pcm=None) -> dict:
+        try:
+            return self.client.call(request, pcm)
+        except TimeoutError:
+            return error_reply(UNREACHABLE, f"the daemon at {self.endpoint} did not answer within {self.timeout:g} s; "
+                                            "is it running and reachable?")
 
     def sync_clock(self) -> bool:
         """Measure the daemon's clock against this machine's; keeps the fastest round trip. False: no answer."""
         best = None
         for _ in range(PINGS):
             t0 = time.monotonic()
-            reply = self._send([b'{"cmd": "status"}'])
+            reply = self._call({"cmd": "status"})
             t1 = time.monotonic()
             if not reply.get("ok"):
                 return False
@@ -102,7 +94,14 @@ class RemoteDaemon:
     def clock_sample(self, ahead: float) -> int:
         return int(self.remote_sample(time.monotonic() + ahead))
 
-    def answer(self, request, pcm=None, at: int | None = None, origin: str = "zmq") -> dict:
+    def now(self) -> float:
+        """The daemon clock sample the musician hears here now (what the OSC and MIDI adapters stamp a message
+        with as it arrives)."""
+        return self.remote_sample(time.monotonic())
+
+    def answer(self, request, pcm=None, at: int | None = None, origin: str = "zmq",
+               received: float | None = None) -> dict:
+        """`received`: the daemon clock sample heard here when the message arrived (`now()`), default now."""
         try:
             cmd = parse(request, pcm)
         except CommandError as exc:
@@ -111,17 +110,14 @@ class RemoteDaemon:
         if at is not None and isinstance(cmd, (Generate, Continue, Retry)) and cmd.start is None:
             request["start"] = at  # a bundle's time tag: an absolute time on the daemon's clock
         if isinstance(cmd, Tempo) and cmd.beat is not None:
-            # The daemon anchors the beat when it handles the request: half a round trip from now, and the music
-            # it plays then is heard here `delay` later.
-            request["beat"] = cmd.beat + (0.5 * self.rtt + self.delay) * cmd.bpm / 60.0
-        frames = [json.dumps(request).encode()]
-        if pcm is not None:
-            frames.append(np.ascontiguousarray(pcm, dtype=np.float32).tobytes())
-        return self._send(frames)
+            # The beat is the one heard here when the message arrived. The daemon anchors it where the request
+            # reaches it: half a round trip from now, and the music it plays then is heard here `delay` later.
+            since = 0.0 if received is None else max(0.0, (self.now() - received) / self.sample_rate)
+            request["beat"] = cmd.beat + (0.5 * self.rtt + self.delay + since) * cmd.bpm / 60.0
+        return self._call(request, pcm)
 
     def close(self) -> None:
-        with self.lock:
-            self.sock.close()
+        self.client.close()
 
 
 class RemotePlayer(Service):

@@ -189,14 +189,23 @@ class Recorder:
         lo = max(start - self.first, 0)
         return self.buf[lo : max(stop - self.first, lo)]
 
-    def assert_heard(self, first: int, take: np.ndarray, atol: float = 1e-4) -> None:
-        """The recording from JACK frame `first` on equals `take` [n, C] on every frame this client recorded; at
-        most 5% of them may be cycles the recorder itself missed."""
+    def assert_heard(self, first: int, take: np.ndarray, atol: float = 1e-4, excused: int = 0) -> None:
+        """The recording from JACK frame `first` on equals `take` [n, C] on every frame this client recorded (at most
+        5% of them may be cycles the recorder itself missed), except in at most `excused` JACK cycles: those the
+        daemon's audio process said it missed or ran late for (`excused_cycles`). A take that is shifted, cut or
+        wrong differs in every cycle after the fault, far more than that."""
         lo = first - self.first
         seen = self.seen[lo : lo + len(take)]
         assert len(seen) == len(take), "the recording ends before the take does"
         assert seen.mean() >= 0.95, f"the recorder missed {1 - seen.mean():.0%} of the take's frames"
-        np.testing.assert_allclose(self.buf[lo : lo + len(take)][seen], take[seen], atol=atol)
+        heard = self.buf[lo : lo + len(take)]
+        wrong = seen & (np.abs(heard - take) > atol).any(axis=1)  # [n]
+        cycles = np.unique((first + np.flatnonzero(wrong)) // PERIOD)
+        if len(cycles) > excused:
+            at = np.flatnonzero(wrong)
+            raise AssertionError(f"{len(cycles)} JACK cycles of the recording differ from the take ({excused} "
+                                 f"excused: the daemon's late or missed cycles), {len(at)} samples, the first at take "
+                                 f"sample {at[0]}: heard {heard[at[0]]}, the take has {take[at[0]]}")
 
     def assert_silent(self, start: int, stop: int) -> None:
         """JACK frames [start, stop) are exact zeros, on those this client saw (at least half of them)."""
@@ -256,7 +265,7 @@ BAR = 4 * BEAT
 
 
 @contextmanager
-def song_rig(takes: Path, model: str = "demo"):
+def song_rig(takes: Path, model: str = "demo", allow: tuple[Path, ...] = ()):
     """JACK server, the 2-bar loop playing into a daemon on it (`model`), a recorder on its outputs, a client, the
     tempo set, and two whole bars of the loop in the daemon's input ring -> (server, daemon, recorder, client, loop).
 
@@ -275,7 +284,8 @@ def song_rig(takes: Path, model: str = "demo"):
     daemon = recorder = client = None
     try:
         daemon = Daemon(takes, ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size", str(PERIOD),
-                                "--midi", "none"], env=server.env, model=model)
+                                "--midi", "none", *[a for d in allow for a in ("--allow", str(d))]], env=server.env,
+                        model=model)
         player.connect(server.ports("PortAudio:in"))
         recorder = Recorder(server)
         recorder.connect(server.ports("PortAudio:out"))
@@ -293,6 +303,21 @@ def song_rig(takes: Path, model: str = "demo"):
         if daemon is not None:
             daemon.stop()
         server.stop()
+
+
+def audio_incidents(client) -> int:
+    """Cycles the daemon's audio process says it did not serve in time: PortAudio's xruns, callbacks that ran late
+    (`audio.late`) and JACK cycles that ran without it (`audio.missed`, in frames)."""
+    a = client.request("status")["status"]["audio"]
+    return a["xruns"] + a["late"] + max(a["missed"], 0) // PERIOD
+
+
+def excused_cycles(client, before: int) -> int:
+    """JACK cycles of a recording that may differ from the take, given `audio_incidents` before it: two per incident
+    since (the cycle the daemon did not serve, and the next one, in which PortAudio's JACK back end, which hands a
+    callback's output on a period later, plays the block held over from before it; measured under a CPU load on
+    both cores)."""
+    return 2 * (audio_incidents(client) - before)
 
 
 def set_tempo(server: JackServer, recorder: Recorder, client) -> None:
@@ -322,6 +347,7 @@ def continue_on_the_bar_line(server: JackServer, recorder: Recorder, client, mod
     from support import offline_take
 
     before = client.request("status")["status"]["audio"]
+    incidents = audio_incidents(client)
     set_tempo(server, recorder, client)  # as a DAW does, often: a cycle JACK dropped earlier is forgotten
     t0 = recorder.client.frame_time
     rid = client.request("continue", source="live", last_bars=2, bars=2, start="next_bar", seed=seed)["id"]
@@ -337,7 +363,7 @@ def continue_on_the_bar_line(server: JackServer, recorder: Recorder, client, mod
     # frames the recorder saw: its own Python callback may miss a JACK cycle on a busy box).
     take, sr = sf.read(done["path"], dtype="float32", always_2d=True)
     assert sr == RATE and len(take) == 2 * BAR
-    recorder.assert_heard(first, take)
+    recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
     recorder.assert_silent(first + len(take), first + len(take) + 2 * PERIOD)
     fade = round(0.005 * RATE)  # the release at the very end of a finite take
     model = load_model(model)

@@ -64,13 +64,15 @@ def hf_melody_conditioning(model, tok, texts, chroma: torch.Tensor | None, guida
 
 
 def hf_melody_greedy_codes(model, tok, texts, new_steps: int, chroma: torch.Tensor | None = None,
-                           prompt: torch.Tensor | None = None, guidance: float = 3.0) -> torch.Tensor:
+                           prompt: torch.Tensor | None = None, guidance: float = 3.0,
+                           steps: list | None = None) -> torch.Tensor:
     """Codes [B, K, T] (prompt frames included) of transformers' greedy CFG generation for MusicGen-Melody, run
     WITHOUT the KV cache: the whole sequence (prefix + every column so far) through the decoder at each step.
 
     This is generate()'s algorithm with its own pieces (conditioning, build/apply_delay_pattern_mask,
     ClassifierFreeGuidanceLogitsProcessor, argmax), but immune to the cache path, where transformers 4.48 to 4.57+
-    may ignore the melody (huggingface/transformers#45647)."""
+    may ignore the melody (huggingface/transformers#45647). `steps`, when given, receives each column's
+    (logits [2 * B * K, V], CFG scores [B * K, V]), for `near_ties.reference_draws`."""
     from transformers.generation.logits_process import ClassifierFreeGuidanceLogitsProcessor
 
     texts = [texts] if isinstance(texts, str) else list(texts)
@@ -87,7 +89,10 @@ def hf_melody_greedy_codes(model, tok, texts, new_steps: int, chroma: torch.Tens
             ids = model.decoder.apply_delay_pattern_mask(ids, pattern)
             logits = model.decoder(input_ids=ids.repeat(2, 1), encoder_hidden_states=states,
                                    use_cache=False).logits[:, -1]  # [2 * B * K, V]
-            ids = torch.cat([ids, cfg(ids, logits).argmax(-1, keepdim=True)], -1)
+            scores = cfg(ids, logits)  # [B * K, V]
+            if steps is not None:
+                steps.append((logits.clone(), scores.clone()))
+            ids = torch.cat([ids, scores.argmax(-1, keepdim=True)], -1)
     ids = model.decoder.apply_delay_pattern_mask(ids, pattern)
     return ids[ids != SPECIAL].reshape(B, K, -1)
 

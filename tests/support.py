@@ -102,66 +102,6 @@ def finish(stream) -> torch.Tensor:
     return stream.read_frames(0, stream.total)
 
 
-def batched_equals_alone(make) -> list:
-    """Streams from `make(False)` stepped one by one and streams from `make(True)` stepped together
-    (`step_streams`) give the same frames; returns the batched streams."""
-    from segue.models.lm.stream import step_streams
-
-    ref, batched = make(False), make(True)
-    while not ref[0].done:
-        for s in ref:
-            s.step()
-        step_streams(batched)
-    for a, b in zip(ref, batched):
-        assert torch.equal(finish(b).cpu(), finish(a).cpu())
-    return batched
-
-
-def stepped_together_equals_alone(alone: list, together: list, steps: int) -> None:
-    """The streams `alone` stepped one by one and the same streams `together` stepped in one call (`step_streams`)
-    for `steps` rounds are at the same column and context and give the same frames, read as a player would, as they
-    come (a stream's ring holds only two contexts of frames)."""
-    from segue.models.lm.stream import step_streams
-
-    got = {id(s): [] for s in alone + together}
-
-    def read(s):
-        done = sum(f.shape[-1] for f in got[id(s)])
-        got[id(s)].append(s.read_frames(done, s.frames_ready))
-
-    for _ in range(steps):
-        for s in alone:
-            if not s.done:
-                s.step()
-                read(s)
-        live = [s for s in together if not s.done]
-        step_streams(live)
-        for s in live:
-            read(s)
-    for a, b in zip(alone, together):
-        assert (a.column, a.base, a.frames_ready) == (b.column, b.base, b.frames_ready)
-        assert torch.equal(torch.cat(got[id(b)], -1), torch.cat(got[id(a)], -1))
-
-
-def pumped_together_equals_alone(alone: list, together: list, pumps: int) -> list:
-    """The takes `alone` pumped one by one and the same takes `together` pumped in one call (`pump_takes`) give the
-    same codes and the same audio chunks at the same pumps; returns the chunks of each batched take."""
-    from segue.models.generation import pump_takes
-
-    ref = [[t.pump() for _ in range(pumps)] for t in alone]
-    got = [[] for _ in together]
-    for _ in range(pumps):
-        for out, pcm in zip(got, pump_takes(together)):
-            out.append(pcm)
-    for a, b, mine, theirs in zip(alone, together, got, ref):
-        assert [p is None for p in mine] == [p is None for p in theirs]  # chunks arrive at the same pumps
-        assert np.array_equal(b.new_codes(), a.new_codes())
-        for x, y in zip(mine, theirs):
-            if x is not None:
-                assert x.shape == y.shape and np.abs(x - y).max() <= 1e-5
-    return got
-
-
 def generate_frames(model, texts, frames: int, prompt: torch.Tensor | None = None, sampling=None,
                     cuda_graphs: bool | None = None, chroma: torch.Tensor | None = None) -> torch.Tensor:
     """segue's codes for `frames` new frames after an optional prompt (greedy with CFG 3 unless told otherwise);
@@ -445,7 +385,7 @@ def offline_take(model, wav_path: str, rate: int, channel: int = 0) -> np.ndarra
     return soxr.resample(pcm, model.sample_rate, rate, quality="HQ")
 
 
-def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: int = 48000):
+def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: int = 48000, **cfg):
     """A warmed-up engine on the no-device clock (`--audio-device none`) and the transport `make_transport(engine)`
     builds for it, both running -> (engine, transport). Close the transport, then the engine. `set model=` loads
     on the CPU in float32."""
@@ -455,7 +395,7 @@ def start_engine(model, takes: Path, make_transport, allowed: tuple = (), rate: 
     from segue.models.loading.builder import load_model
 
     transports = []
-    engine = Engine(model, NullAudio(rate, 2, 256), EngineConfig(takes, allowed),
+    engine = Engine(model, NullAudio(rate, 2, 256), EngineConfig(takes, allowed, **cfg),
                     emit=lambda ev: transports and transports[0].event(ev), load=load_model)
     engine.warm_up(0.2)
     transports.append(make_transport(engine))

@@ -58,7 +58,8 @@ class Encodec(nn.Module):
         if audio.dim() != 3 or audio.shape[1] != self.cfg.channels:
             raise ValueError(f"audio must be [batch, {self.cfg.channels}, samples], got {list(audio.shape)}")
 
-    def _check_codes(self, codes: torch.Tensor) -> None:
+    def check_codes(self, codes: torch.Tensor) -> None:
+        """codes [B, K, T]: integers, 1 to n_q codebooks, every value a codebook entry. Raises ValueError."""
         if codes.dim() != 3:
             raise ValueError(f"codes must be [batch, codebooks, frames], got {list(codes.shape)}")
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
@@ -83,7 +84,7 @@ class Encodec(nn.Module):
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, k, T] (k <= K codebooks) -> audio [B, C, T * hop]."""
-        self._check_codes(codes)
+        self.check_codes(codes)
         if not self.cfg.streamable:
             raise ValueError("this codec decodes normalised chunks; use decode_chunks()")
         return self.decoder(self.quantizer.decode(codes.long()))
@@ -125,7 +126,7 @@ class Encodec(nn.Module):
             if i == n_chunks - 1:  # drop the zero padding added to the last chunk
                 valid = -(-(length - i * stride) // self.cfg.hop_length) if n_chunks > 1 else c.shape[-1]
                 c = c[..., :valid]
-            self._check_codes(c)
+            self.check_codes(c)
             y = self.decoder(self.quantizer.decode(c.long()))
             if scales is not None:
                 y = y * scales[i].view(-1, 1, 1)
@@ -183,7 +184,9 @@ class _Counters:
 
 
 class EncoderStream:
-    """Audio chunks in, codes out, equal to `Encodec.encode` on the whole stream once flushed."""
+    """Audio chunks in, codes out: once flushed, those `Encodec.encode` gives for the whole stream, up to float
+    rounding. The chunks' convolutions and quantizer GEMMs have other shapes than the full pass's, so the latents
+    differ in the last bits (measured <= 9e-8) and a code may differ where the quantizer's choice is a near tie."""
 
     def __init__(self, codec: Encodec, batch: int = 1, n_q: int | None = None):
         if not codec.cfg.streamable:
@@ -224,7 +227,8 @@ class EncoderStream:
 
 
 class DecoderStream:
-    """Code frames in, audio out, equal to `Encodec.decode` on the whole stream once flushed.
+    """Code frames in, audio out: once flushed, `Encodec.decode` of the whole stream up to float rounding (the
+    chunks' convolutions have other shapes; about 1e-7 in float32).
 
     Every sample is emitted as soon as the codes it depends on have arrived; the codec's look-ahead
     (`Encodec.decoder_lookahead_samples`) is the only delay.
@@ -248,7 +252,7 @@ class DecoderStream:
         if codes.shape[-1] == 0:
             return self._empty()
         if check:
-            self.codec._check_codes(codes)
+            self.codec.check_codes(codes)
         self.counters.n_in += codes.shape[-1]
         y = self.codec.decoder.step(self.codec.quantizer.decode(codes.long()), self.state)
         self.counters.n_out += y.shape[-1]

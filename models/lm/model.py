@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from segue.models.lm.config import LMConfig
+from segue.models.lm.quant import Int8Linear
 from segue.models.lm.state import LMState
 
 
@@ -60,22 +61,33 @@ class Layer(nn.Module):
         self.fc2 = nn.Linear(cfg.ffn_dim, d, bias=False)
 
 
+def _mm(h: torch.Tensor, w) -> torch.Tensor:
+    """h [M, in] @ w: a float weight view [in, out], or an `Int8Linear` (int8 LM on CPU)."""
+    return torch.mm(h, w) if isinstance(w, torch.Tensor) else w(h)
+
+
+def _addmm(x: torch.Tensor, h: torch.Tensor, w) -> torch.Tensor:
+    """x + h @ w (one fused `addmm` for a float weight)."""
+    return torch.addmm(x, h, w) if isinstance(w, torch.Tensor) else x + w(h)
+
+
 class LayerViews(NamedTuple):
     """One layer's weights as the eager step uses them: LayerNorm affine pairs and projections transposed to
-    [in, out] (views, no copies) for `addmm`. The cross-attention ones are None in a melody LM."""
+    [in, out] (views, no copies) for `addmm`, or `Int8Linear`s in an int8 LM (see `_mm`). The cross-attention ones
+    are None in a melody LM."""
 
     n1_w: torch.Tensor
     n1_b: torch.Tensor
-    wqkv_t: torch.Tensor
-    wo_t: torch.Tensor
+    wqkv_t: torch.Tensor | Int8Linear
+    wo_t: torch.Tensor | Int8Linear
     nc_w: torch.Tensor | None
     nc_b: torch.Tensor | None
-    cq_t: torch.Tensor | None
-    co_t: torch.Tensor | None
+    cq_t: torch.Tensor | Int8Linear | None
+    co_t: torch.Tensor | Int8Linear | None
     n2_w: torch.Tensor
     n2_b: torch.Tensor
-    fc1_t: torch.Tensor
-    fc2_t: torch.Tensor
+    fc1_t: torch.Tensor | Int8Linear
+    fc2_t: torch.Tensor | Int8Linear
 
 
 class MusicGenLM(nn.Module):
@@ -96,6 +108,10 @@ class MusicGenLM(nn.Module):
         self.register_buffer("emb_offsets", torch.arange(K) * (V + 1), persistent=False)
         self.requires_grad_(False)  # inference weights: no autograd graph, ever
         self._views: list[LayerViews] | None = None
+        # An int8 LM (CPU): per layer, its step projections quantized (see `quantize_int8`); the float weights stay
+        # for what runs once per take (the cross-attention keys and values) and for the state dict.
+        self.int8: list[dict[str, Int8Linear]] | None = None
+        self.int8_heads: Int8Linear | None = None
 
     # The eager step touches ~10 weights per layer; reading them through nn.Module attribute lookups and making
     # fresh `.t()` views each time costs ~2 ms per small-model step on CPU. They are gathered once, and dropped
@@ -111,12 +127,37 @@ class MusicGenLM(nn.Module):
     def layer_views(self) -> list["LayerViews"]:
         if self._views is None:
             cross = self.cfg.cross_attention
+            q = self.int8 or [{} for _ in self.layers]
             self._views = [LayerViews(
-                l.norm1.weight, l.norm1.bias, l.wqkv.weight.t(), l.wo.weight.t(),
+                l.norm1.weight, l.norm1.bias, qi.get("wqkv", l.wqkv.weight.t()), qi.get("wo", l.wo.weight.t()),
                 l.norm_cross.weight if cross else None, l.norm_cross.bias if cross else None,
-                l.cq.weight.t() if cross else None, l.co.weight.t() if cross else None, l.norm2.weight, l.norm2.bias,
-                l.fc1.weight.t(), l.fc2.weight.t()) for l in self.layers]
+                qi.get("cq", l.cq.weight.t()) if cross else None, qi.get("co", l.co.weight.t()) if cross else None,
+                l.norm2.weight, l.norm2.bias, qi.get("fc1", l.fc1.weight.t()), qi.get("fc2", l.fc2.weight.t()))
+                for l, qi in zip(self.layers, q)]
         return self._views
+
+    def quantize_int8(self) -> "MusicGenLM":
+        """Quantize the projections a step runs (attention in/out, cross-attention query/out, FFN, output heads)
+        to int8 with per-output-channel scales, from this LM's float32 weights (see quant.py). CPU only; the
+        step then runs them through fbgemm. Returns self."""
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            raise ValueError(f"int8 quantizes a float32 LM on the CPU (this one is {self.dtype} on {self.device})")
+        names = ("wqkv", "wo", "fc1", "fc2") + (("cq", "co") if self.cfg.cross_attention else ())
+        self.int8 = [{n: Int8Linear(getattr(l, n).weight) for n in names} for l in self.layers]
+        self.int8_heads = Int8Linear(self.heads.view(self.cfg.n_q * self.cfg.card, -1))
+        self._views = None
+        return self
+
+    def drop_int8(self) -> "MusicGenLM":
+        """Back to the float weights alone (see `quant.int8_is_faster`). Returns self."""
+        self.int8 = self.int8_heads = None
+        self._views = None
+        return self
+
+    @property
+    def precision(self) -> str:
+        """What the step's weights are: "int8", or the float dtype's name ("float32", "bfloat16", ...)."""
+        return "int8" if self.int8 is not None else str(self.dtype).removeprefix("torch.")
 
     @classmethod
     def from_state(cls, cfg: LMConfig, state: dict[str, torch.Tensor]) -> "MusicGenLM":
@@ -202,7 +243,10 @@ class MusicGenLM(nn.Module):
         R, T, _ = x.shape
         K, V = self.cfg.n_q, self.cfg.card
         # One GEMM over the K heads stacked as [K * card, dim] (a view, never copied).
-        logits = F.linear(self.out_norm(x), self.heads.view(K * V, -1))  # [R, T, K * card]
+        if self.int8_heads is not None:
+            logits = self.int8_heads(self.out_norm(x).reshape(R * T, -1)).view(R, T, K * V)  # [R, T, K * card]
+        else:
+            logits = F.linear(self.out_norm(x), self.heads.view(K * V, -1))  # [R, T, K * card]
         return logits.view(R, T, K, V).transpose(1, 2).float()  # [R, K, T, card]
 
     def forward(self, tokens: torch.Tensor, state: LMState, last_only: bool = True) -> torch.Tensor:
@@ -235,17 +279,17 @@ class MusicGenLM(nn.Module):
             mask, causal = torch.arange(end, device=x.device)[None, :] <= q_pos[:, None], False
         for i, w in enumerate(self.layer_views()):
             h = F.layer_norm(x, (d,), w.n1_w, w.n1_b, eps)
-            q, k, v = torch.mm(h, w.wqkv_t).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
+            q, k, v = _mm(h, w.wqkv_t).view(R, T, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, T, D]
             state.k[i, :, :, start:end] = k
             state.v[i, :, :, start:end] = v
             a = F.scaled_dot_product_attention(q, state.k[i, :, :, :end], state.v[i, :, :, :end],
                                                attn_mask=mask, is_causal=causal)  # [R, H, T, D]
-            x = torch.addmm(x, a.transpose(1, 2).reshape(R * T, d), w.wo_t)
+            x = _addmm(x, a.transpose(1, 2).reshape(R * T, d), w.wo_t)
             if cross:
                 h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
                 self._add_cross(h, x, i, w, state, R, T)
             h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
-            x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
+            x = _addmm(x, F.gelu(_mm(h, w.fc1_t)), w.fc2_t)
         state.advance(T)
         x = x.view(R, T, d)
         return self._logits(x[:, -1:] if last_only else x)
@@ -253,9 +297,17 @@ class MusicGenLM(nn.Module):
     def forward_many(self, tokens: list[torch.Tensor], states: list[LMState]) -> list[torch.Tensor]:
         """One position for each of several independent streams: tokens[i] [R_i, K, 1] at states[i].pos.
 
-        Returns logits [R_i, K, 1, card] per stream and advances every state: what `forward` on each gives, up to
-        float rounding (the GEMMs see more rows). The weight GEMMs (what a step costs: reading the weights) run once
-        over all streams' rows; attention stays per stream, over its own cache, position and conditioning.
+        Returns logits [R_i, K, 1, card] per stream and advances every state. The weight GEMMs (what a step costs:
+        reading the weights) run once over all streams' rows; attention stays per stream, over its own cache,
+        position and conditioning.
+
+        What each stream gets is what `forward` on it alone gives up to float rounding, not bit for bit: a BLAS
+        picks its kernel, and so the order of each row's sums, by the GEMM's row count (MKL on an AMD EPYC rounds a
+        2-row GEMM unlike the same rows inside a 4-, 8- or 12-row one; cuBLAS chooses by shape too), so a stream's
+        rows depend on the other streams' presence in the last bits. In float32 the logits stay within 1e-4 of the
+        stream's own step (measured on that EPYC: at most 2.4e-6 for the demo model over 400 steps, 5.6e-6 at
+        musicgen-small's shape). Keys and values written to the cache carry the same rounding. A single state is
+        `forward` itself, bit for bit.
         """
         if len(tokens) != len(states):
             raise ValueError(f"{len(tokens)} token tensors for {len(states)} states; pass one per state")
@@ -279,7 +331,7 @@ class MusicGenLM(nn.Module):
         x = self.embed(torch.cat(tokens)).view(N, d) + self.positions.index_select(0, pos).to(self.dtype)  # [N, d]
         for i, w in enumerate(self.layer_views()):
             h = F.layer_norm(x, (d,), w.n1_w, w.n1_b, eps)
-            qkv = torch.mm(h, w.wqkv_t)  # [N, 3d]
+            qkv = _mm(h, w.wqkv_t)  # [N, 3d]
             att = []
             for (a, b), s in zip(spans, states):
                 q, k, v = qkv[a:b].view(b - a, 1, 3, H, D).permute(2, 0, 3, 1, 4)  # [R, H, 1, D]
@@ -288,13 +340,13 @@ class MusicGenLM(nn.Module):
                 s.v[i, :, :, p : p + 1] = v
                 o = F.scaled_dot_product_attention(q, s.k[i, :, :, : p + 1], s.v[i, :, :, : p + 1])  # [R, H, 1, D]
                 att.append(o.reshape(b - a, d))  # one position: heads are already adjacent
-            x = torch.addmm(x, torch.cat(att), w.wo_t)
+            x = _addmm(x, torch.cat(att), w.wo_t)
             if self.cfg.cross_attention:  # every stream of one LM has the same layers
                 h = F.layer_norm(x, (d,), w.nc_w, w.nc_b, eps)
                 for (a, b), s in zip(spans, states):  # row slices of x are views: the cross-attention adds in place
                     self._add_cross(h[a:b], x[a:b], i, w, s, b - a, 1)
             h = F.layer_norm(x, (d,), w.n2_w, w.n2_b, eps)
-            x = torch.addmm(x, F.gelu(torch.mm(h, w.fc1_t)), w.fc2_t)
+            x = _addmm(x, F.gelu(_mm(h, w.fc1_t)), w.fc2_t)
         for s in states:
             s.advance(1)
         return list(self._logits(x.view(N, 1, d)).split(rows))  # [R_i, K, 1, card] each
@@ -312,10 +364,14 @@ class MusicGenLM(nn.Module):
         """Cross-attention as published: query projection, attention over the cached text keys/values."""
         H, D, d = self.cfg.num_heads, self.cfg.head_dim, self.cfg.dim
         S = state.cross_len
-        q = torch.mm(h, w.cq_t).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
+        q = _mm(h, w.cq_t).view(R, T, H, D).transpose(1, 2)  # [R, H, T, D]
         mask = None if state.cross_full else state.cross_mask[..., :S]
         a = F.scaled_dot_product_attention(q, state.cross_k[i, :, :, :S], state.cross_v[i, :, :, :S], attn_mask=mask)
-        x.addmm_(a.transpose(1, 2).reshape(R * T, d), w.co_t)
+        a = a.transpose(1, 2).reshape(R * T, d)
+        if isinstance(w.co_t, torch.Tensor):
+            x.addmm_(a, w.co_t)
+        else:
+            x.add_(w.co_t(a))  # x may be a view of more rows: added in place
 
     @staticmethod
     def _folded_cross(h: torch.Tensor, x: torch.Tensor, i: int, state: LMState, T: int) -> None:

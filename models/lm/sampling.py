@@ -2,6 +2,11 @@
 
 A categorical sample is argmax(p / q) with q ~ Exponential(1) (the Gumbel-max trick in another guise): one
 elementwise op and an argmax, no `torch.multinomial` and no `.item()`.
+
+Each token of the codebook has its own q, drawn for all of them whatever is filtered (top-k, top-p). Drawn per rank
+instead, two tokens whose probabilities differ by a rounding error would trade their q when they trade places, and
+a take would depend on the last bit of its logits (batched against alone, one BLAS against another). Per token, only
+the race itself (two tokens within rounding of p / q) or the filter's edge can turn on it.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ def cfg_combine(logits: torch.Tensor, coef: torch.Tensor | float) -> torch.Tenso
     return uncond + (cond - uncond) * coef
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    q = torch.empty_like(probs).exponential_(1, generator=generator)
-    return torch.argmax(probs / q, dim=-1)
+def _noise(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """q ~ Exp(1), one per token: [..., V] like `probs`."""
+    return torch.empty_like(probs).exponential_(1, generator=generator)
 
 
 def sample(
@@ -37,16 +42,17 @@ def sample(
     """
     if greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)  # [..., V]
+    q = _noise(probs, generator)  # [..., V]
+    # Renormalising what the filter keeps scales every p / q alike: the argmax is the same without it.
     if use_top_p:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p: drop an entry once the mass before it exceeds top_p.
         drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) > top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        sorted_probs = sorted_probs / sorted_probs.sum(dim=-1, keepdim=True)
-        return order.gather(-1, _draw(sorted_probs, generator).unsqueeze(-1)).squeeze(-1)
+        race = sorted_probs.masked_fill(drop, 0.0) / q.gather(-1, order)
+        return order.gather(-1, torch.argmax(race, dim=-1, keepdim=True)).squeeze(-1)
     if 0 < top_k < probs.shape[-1]:
-        top_probs, top_idx = probs.topk(top_k, dim=-1)
-        top_probs = top_probs / top_probs.sum(dim=-1, keepdim=True)
-        return top_idx.gather(-1, _draw(top_probs, generator).unsqueeze(-1)).squeeze(-1)
-    return _draw(probs, generator)
+        top_probs, top_idx = probs.topk(top_k, dim=-1)  # [..., k]
+        race = top_probs / q.gather(-1, top_idx)
+        return top_idx.gather(-1, torch.argmax(race, dim=-1, keepdim=True)).squeeze(-1)
+    return torch.argmax(probs / q, dim=-1)

@@ -377,9 +377,14 @@ def step_streams(streams: list[LMStream]) -> None:
     """Step several streams of one LM by a column each, with one batched forward (`MusicGenLM.forward_many`) for
     all those stepping eagerly: the weights are read once per step instead of once per stream.
 
-    Each stream's result is what its own `step()` gives. Streams on CUDA graphs replay their own graph (a captured
-    step has fixed shapes); a re-prompt prefill runs per stream before the batched step. Raises like `step()` if
-    any stream is not started or already done, before stepping any of them.
+    Each stream advances exactly as its own `step()` would (column, context, re-prompt, RNG draws), and its logits
+    are its own step's up to float rounding: within 1e-4 in float32 (see `forward_many`; bf16/fp16 round at their
+    own precision). So its tokens are the ones `step()` would draw except at a near tie, a draw whose decisive
+    margin (the top-2 gap of the CFG logits when greedy; of log(p / q) in the exponential race, or a rank swap
+    among the top-k, when sampling) is within what that rounding moves; from there on the two are different,
+    equally likely takes. A single stream is `step()` bit for bit. Streams on CUDA graphs replay their own graph
+    (a captured step has fixed shapes); a re-prompt prefill runs per stream before the batched step. Raises like
+    `step()` if any stream is not started or already done, before stepping any of them.
     """
     if not streams:
         return

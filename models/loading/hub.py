@@ -80,6 +80,13 @@ def fetch(ref: str) -> Path:
         raise ModelNotFoundError(f"{ref} is a file; --model takes a folder, a hub id or 'demo'")
     if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
         raise ModelNotFoundError(f"no folder {ref}; check the path (or use a hub id such as facebook/musicgen-small)")
+    return fetch_hub(ref)
+
+
+def fetch_hub(ref: str) -> Path:
+    """The hub repository `ref` (owner/name) in the local cache, downloading what is missing. Never a local folder
+    of that name: the daemon's `set model=` takes hub ids from clients, and a folder named like one in the daemon's
+    working directory is not theirs to load."""
     meta = _download(ref, META)
     weights = choose_weights(_listing(ref, meta), ref)
     return _download(ref, META + weights)

@@ -47,6 +47,18 @@ def test_same_seed_same_take(generated, tmp_path):
     assert np.array_equal(sf.read(str(tmp_path / "b.wav"))[0], sf.read(str(d / "a.wav"))[0])
 
 
+def test_generate_with_the_lm_in_int8(tmp_path):
+    """`--dtype int8` on the CPU: a take of the asked length and layout (how close to float32 it is:
+    tests/models/lm/test_int8.py); an unknown dtype is one line that names int8."""
+    r = run("generate", "--model", "demo", "--dtype", "int8", "--prompt", "dub techno", "--duration", "2", "--seed",
+            "3", "--out", tmp_path / "q.wav", "--codes-out", tmp_path / "q.npy")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert sf.read(str(tmp_path / "q.wav"), always_2d=True)[0].shape == (64000, 1)
+    assert np.load(tmp_path / "q.npy").shape == (4, 100)
+    r = run("generate", "--model", "demo", "--dtype", "int4", "--out", tmp_path / "x.wav")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "int8" in r.stderr, r.stderr
+
+
 def test_continue_a_44k1_stereo_file(generated, tmp_path):
     d, _ = generated
     audio, _ = sf.read(str(d / "a.wav"), dtype="float32", always_2d=True)
@@ -128,17 +140,18 @@ BAD = {
     "nan samples": (GEN + ["--continue", "{d}/nan.wav"], "NaN or infinite"),
     "missing wav": (GEN + ["--continue", "{d}/nope.wav"], "does not exist"),
     "shorter than a frame": (GEN + ["--continue", "{d}/tiny.wav"], "shorter than one codec frame"),
-    "zero duration": (["generate", "--model", "demo", "--duration", "0"], "positive"),
-    "checked before any model loads": (["generate", "--model", "acme/not-cached", "--duration", "-1"], "positive"),
+    "zero duration": (["generate", "--model", "demo", "--duration", "0"], "--duration must be above 0"),
+    "checked before any model loads": (["generate", "--model", "acme/not-cached", "--duration", "-1"],
+                                       "--duration must be above 0"),
     "sampling checked before any model loads": (["generate", "--model", "acme/not-cached", "--top-p", "7"],
-                                                "top_p"),
-    "negative duration": (["generate", "--model", "demo", "--duration", "-3"], "positive"),
-    "absurd duration": (["generate", "--model", "demo", "--duration", "1e7"], "limit"),
+                                                "--top-p"),
+    "negative duration": (["generate", "--model", "demo", "--duration", "-3"], "--duration must be above 0"),
+    "absurd duration": (["generate", "--model", "demo", "--duration", "1e7"], "at most 3600"),
     "prompt longer than context": (GEN + ["--continue", "{d}/ok.wav", "--prompt-seconds", "100"],
                                    "longer than the context"),
     "prompt seconds alone": (GEN + ["--prompt-seconds", "3"], "needs --continue"),
-    "bad top-k": (GEN + ["--top-k", "5000"], "exceeds"),
-    "bad top-p": (GEN + ["--top-p", "2"], "top_p"),
+    "bad top-k": (GEN + ["--top-k", "2049"], "--top-k must be at least 0 and at most 2048, got 2049"),
+    "bad top-p": (GEN + ["--top-p", "2"], "--top-p"),
     "bad temperature": (GEN + ["--temperature", "-1"], "temperature"),
     "bad cfg": (GEN + ["--cfg", "-2"], "cfg"),
     "bad seed": (GEN + ["--seed", "-1"], "seed"),

@@ -50,6 +50,11 @@ def test_generate_streams_a_take_that_equals_an_offline_decode_of_its_codes(daem
     assert meta["seed"] == 3 and meta["state"] == "done" and meta["samples"] == RATE
 
 
+def test_no_underrun_is_counted_before_anything_plays(daemon):
+    engine, _, client = daemon
+    assert client.request("status")["status"]["audio"]["underruns"] == 0
+
+
 def test_start_on_the_next_bar_and_length_in_bars(daemon):
     engine, _, client = daemon
     client.request("tempo", bpm=240, beats_per_bar=4, beat=0.5)
@@ -93,6 +98,24 @@ def test_bad_input_is_answered_and_the_daemon_keeps_serving(daemon, tmp_path):
     with pytest.raises(DaemonError) as e:
         client.send_raw([b"{not json"])
     assert e.value.code == "bad_json"
+    with pytest.raises(DaemonError) as e:  # json's decoder recursed past Python's limit: was `internal`
+        client.send_raw([b"[" * 100_000])
+    assert e.value.code == "bad_json" and "nested" in str(e.value)
+    with pytest.raises(DaemonError) as e:  # an integer no float holds: was `internal`, with a traceback
+        client.send_raw([b'{"cmd": "tempo", "bpm": 1' + b"0" * 400 + b"}"])
+    assert e.value.code == "out_of_range"
+    with pytest.raises(DaemonError) as e:  # past Python's 4300 digits: was `bad_json`, with advice for programmers
+        client.send_raw([b'{"cmd": "generate", "seed": ' + b"9" * 5000 + b"}"])
+    assert e.value.code == "out_of_range" and "digits" not in str(e.value)
+    with pytest.raises(DaemonError) as e:
+        client.send_raw([b'{"cmd": 5}'])
+    assert e.value.code == "bad_type"
+    with pytest.raises(DaemonError) as e:  # reached Path.resolve(): was `internal` after `ok`
+        client.request("continue", source="file", path=str(tmp_path / "a\x00b.wav"))
+    assert e.value.code == "bad_type"
+    with pytest.raises(DaemonError) as e:  # a null where a value is needed: refused before `ok`
+        client.request("tempo", bpm=None)
+    assert e.value.code == "missing"
     with pytest.raises(DaemonError) as e:
         client.request("dance")
     assert e.value.code == "unknown_command"
@@ -227,3 +250,168 @@ def test_an_endless_take_outlives_the_trained_context_without_a_seam(short_daemo
     edge = 0.05 + (model.codec.decoder_lookahead_samples() + model.hop_length) / model.sample_rate
     n = len(pcm) - round(edge * RATE)
     np.testing.assert_allclose(pcm[:n, 0], offline[:n], atol=1e-4)
+
+
+def test_take_numbers_are_not_used_up_by_other_requests(daemon):
+    """Take commands are numbered with their take's number; tempo, set and stop get negative request ids, so a
+    DAW resending its tempo every second (or a sync leader re-anchoring) leaves the take numbers contiguous."""
+    engine, _, client = daemon
+    first = client.request("generate", seconds=0.2, start="now", seed=1)["id"]
+    others = [client.request("tempo", bpm=120)["id"] for _ in range(5)]
+    others += [client.request("set", temperature=1.0)["id"], client.request("stop")["id"]]
+    second = client.request("generate", seconds=0.2, start="now", seed=2)["id"]
+    assert second == first + 1 and all(i < 0 for i in others) and len(set(others)) == len(others)
+    assert client.wait(others[0])["cmd"] == "tempo"  # a request's events carry its own id
+    for rid in (first, second):
+        done = client.wait(rid)
+        assert done["path"].endswith(f"{rid:04d}-generate.wav")
+
+
+def test_a_tempo_is_anchored_where_it_arrived_not_where_the_engine_got_to_it(daemon):
+    """`submit` takes the clock sample at which the transport received the request: the grid's beat is anchored
+    there however late the engine thread handles it."""
+    from segue.daemon.vocabulary import Tempo
+
+    engine, _, client = daemon
+    arrived = engine.audio.now() - 0.5 * RATE  # as if the engine had been busy for half a second since
+    rid = engine.submit(Tempo(90.0, 4, 2.0, "zmq"), received=arrived)
+    done = client.wait(rid)
+    assert done["at"] == pytest.approx(arrived, abs=1)
+    assert engine.grid.beat_at(arrived) == pytest.approx(2.0, abs=1e-6)
+    client.request("tempo", bpm=120, beats_per_bar=4, beat=0)
+
+
+def test_a_time_tagged_tempo_moves_the_grid_at_its_time_not_before(daemon):
+    """A `tempo` for a moment ahead (an OSC bundle's time tag) is held until then: the grid heard until that moment
+    stays, status shows the old tempo meanwhile, and the new one is anchored exactly at the tag."""
+    from segue.daemon.vocabulary import Tempo
+
+    engine, _, client = daemon
+    client.wait(client.request("tempo", bpm=120, beats_per_bar=4, beat=0)["id"])
+    at = int(engine.audio.now()) + RATE  # one second ahead
+    rid = engine.submit(Tempo(60.0, 3, 0.0, "osc"), at=at)
+    time.sleep(0.3)
+    st = client.request("status")["status"]["tempo"]
+    assert (st["bpm"], st["beats_per_bar"]) == (120, 4)  # not yet
+    done = client.wait(rid, timeout=5)
+    assert done["at"] == at and (done["bpm"], done["beats_per_bar"]) == (60, 3)
+    assert engine.audio.now() >= at - engine.audio.block
+    assert engine.grid.beat_at(at) == pytest.approx(0.0, abs=1e-6)
+    client.wait(client.request("tempo", bpm=120, beats_per_bar=4, beat=0)["id"])
+
+
+def test_time_tagged_commands_waiting_for_their_time_are_bounded(daemon, monkeypatch):
+    """Each held `set` or `tempo` is kept until its time (up to 600 s ahead): past MAX_HELD of them, one more is
+    `busy`, with its id."""
+    from segue.daemon import engine as engine_module
+    from segue.daemon.vocabulary import Set
+
+    monkeypatch.setattr(engine_module, "MAX_HELD", 3)
+    engine, _, client = daemon
+    at = int(engine.audio.now()) + 30 * RATE
+    ids = [engine.submit(Set({"temperature": 0.9}), at=at) for _ in range(4)]
+    with pytest.raises(DaemonError) as e:
+        client.wait(ids[3], timeout=5)
+    assert e.value.code == "busy" and "3 time-tagged" in str(e.value) and len(engine.later) == 3
+
+
+def test_a_take_stopped_before_it_starts_stays_silent(daemon):
+    """A `stop` that arrives before the take's first sample silences it whole: no fade burst at its start, no
+    `started` event, and its files say so (state `cancelled`, no samples)."""
+    engine, server, client = daemon
+    client.request("tempo", bpm=60, beats_per_bar=4, beat=0.1)  # the next bar line is almost 4 s away
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"audio")
+    sub.connect(server.pub_endpoint)
+    time.sleep(0.2)
+    rid = client.request("generate", bars=1, start="next_bar", seed=3)["id"]
+    queued = client.wait(rid, "queued")
+    client.request("stop", take=rid, fade=0.5)
+    done = client.wait(rid)
+    assert done["state"] == "cancelled" and done["samples"] == 0 and done["frames"] == 0
+    meta = json.loads(open(done["path"].replace(".wav", ".json")).read())
+    assert meta["state"] == "cancelled" and meta["samples"] == 0
+    assert sf.info(done["path"]).frames == 0
+    while engine.audio.now() < queued["start"] + RATE // 2:  # past where it would have sounded
+        time.sleep(0.05)
+    published = []
+    while sub.poll(0):
+        header = json.loads(sub.recv_multipart()[1])
+        published.append(header["start"])
+    sub.close()
+    assert not published, f"the mix sounded at {published} (the take was to start at {queued['start']})"
+    client.request("tempo", bpm=120, beats_per_bar=4, beat=0)
+
+
+def test_a_cancelled_take_gives_its_lane_back(daemon):
+    """A take that would replace the one playing on its lane, stopped before it starts, leaves that one playing."""
+    engine, _, client = daemon
+    client.request("tempo", bpm=60, beats_per_bar=4, beat=0.1)
+    playing = client.request("generate", endless=True, start="now", seed=4, lane=3)["id"]
+    started = client.wait(playing, "started")
+    rid = client.request("generate", bars=1, start="next_bar", seed=5, lane=3)["id"]
+    queued = client.wait(rid, "queued")
+    client.request("stop", take=rid)
+    assert client.wait(rid)["state"] == "cancelled"
+    while engine.audio.now() < queued["start"] + RATE // 2:
+        time.sleep(0.05)
+    assert [t["id"] for t in client.request("status")["status"]["takes"]] == [playing]  # still playing
+    client.request("stop", take=playing)
+    done = client.wait(playing)
+    assert done["state"] == "stopped" and started["start"] + done["samples"] > queued["start"] + RATE // 2
+    client.request("tempo", bpm=120, beats_per_bar=4, beat=0)
+
+
+def test_take_numbers_past_9999_keep_their_order_and_are_found_again(demo, tmp_path):
+    """A folder whose last take is 9999: the next is 10000 (five digits), listed first, and a continuation of
+    it finds it by its number."""
+    takes = tmp_path / "takes"
+    takes.mkdir()
+    (takes / "9999-generate.json").write_text(json.dumps(dict(id=9999, state="done")))
+    engine, server = start_engine(demo, takes, _zmq)
+    client = Client(server.endpoint, server.pub_endpoint)
+    try:
+        time.sleep(0.3)
+        first = client.wait(client.request("generate", prompt="dub", seconds=0.3, start="now", seed=1)["id"])
+        assert first["id"] == 10000 and first["path"].endswith("10000-generate.wav")
+        rid = client.request("continue", source="take", take=10000, seconds=0.3, start="now", seed=2)["id"]
+        assert client.wait(rid)["state"] == "done" and rid == 10001
+        assert [t["id"] for t in client.request("takes")["takes"]][:3] == [10001, 10000, 9999]
+    finally:
+        client.close()
+        server.close()
+        engine.close()
+
+
+def test_a_link_named_like_a_take_is_not_followed(daemon, tmp_path):
+    """`continue source=take` reads the take's own WAV by exact name: a symlink named like one, pointing out of
+    the takes folder, is no take."""
+    engine, _, client = daemon
+    outside = tmp_path / "secret.wav"
+    sf.write(str(outside), np.zeros(4800, np.float32), RATE)
+    (engine.cfg.takes_dir / "0042-generate.wav").symlink_to(outside)
+    (engine.cfg.takes_dir / "0042-generate.json").write_text(json.dumps(dict(id=42, state="done")))
+    rid = client.request("continue", source="take", take=42, seconds=0.3, start="now")["id"]
+    with pytest.raises(DaemonError) as e:
+        client.wait(rid)
+    assert e.value.code == "no_such_take"
+
+
+def test_a_start_past_the_horizon_is_refused_and_a_stop_ends_a_take_that_has_not_started(daemon):
+    """A start 2^62 samples (or 700 s) ahead is refused before `ok`; a take 60 s ahead, stopped, is cancelled at
+    once and no longer counts among the generating takes."""
+    engine, _, client = daemon
+    clock = client.request("status")["clock"]
+    for start in (2**62, int(clock) + 700 * RATE):
+        with pytest.raises(DaemonError) as e:
+            client.request("generate", seconds=1, start=start)
+        assert e.value.code == "out_of_range" and "600 s" in str(e.value)
+    with pytest.raises(DaemonError) as e:
+        client.request("set", start=2**62)
+    assert e.value.code == "out_of_range"
+    rid = client.request("generate", endless=True, start=int(clock) + 60 * RATE)["id"]
+    client.wait(rid, "queued")
+    client.request("stop", take=rid)
+    done = client.wait(rid, timeout=5)
+    assert done["state"] == "cancelled"
+    assert client.request("status")["status"]["takes"] == []

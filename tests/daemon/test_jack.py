@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jack_rig import BAR, BEAT, PERIOD, RATE, continue_on_the_bar_line, song_rig
+from jack_rig import BAR, BEAT, PERIOD, RATE, audio_incidents, continue_on_the_bar_line, excused_cycles, song_rig
 from support import wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,14 @@ def rig(tmp_path_factory):
 
 def test_continue_last_two_bars_starts_on_the_bar_line_and_equals_its_take(rig):
     server, daemon, recorder, client, loop = rig
+    incidents = audio_incidents(client)
+    time.sleep(3 * BAR / RATE)  # the prompt's two whole bars are all recorded after the count
     done = continue_on_the_bar_line(server, recorder, client, "demo")
 
-    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=2)
+    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=2, excused=excused_cycles(client, incidents))
 
 
-def _assert_prompt_is_the_loop_as_played(client, done: dict, loop: np.ndarray, bars: int) -> None:
+def _assert_prompt_is_the_loop_as_played(client, done: dict, loop: np.ndarray, bars: int, excused: int) -> None:
     """The prompt of a `continue source=live last_bars=N` take was the last N whole bars of the loop as played,
     shifted by the round trip the daemon assumes (a musician hears the output L late and is heard by the input its
     capture latency late).
@@ -45,7 +47,10 @@ def _assert_prompt_is_the_loop_as_played(client, done: dict, loop: np.ndarray, b
     the graph (PortAudio's JACK back end passes a callback's output on a period later, and the daemon's output
     latency counts that period), while the loop player's frame F reaches the daemon's input in cycle F itself. So the
     callback that plays bar line B comes one period before the JACK bar line, and input sample B + rt is the loop
-    sample rt - one period past it."""
+    sample rt - one period past it.
+
+    Exact in every block but the `excused` ones: blocks of a JACK cycle the daemon's audio process did not serve in
+    time (see `jack_rig.excused_cycles`)."""
     after = client.request("status")["status"]["audio"]
     heard, _ = sf.read(done["path"].replace(".wav", ".prompt.wav"), dtype="float32", always_2d=True)
     assert len(heard) == bars * BAR
@@ -53,10 +58,12 @@ def _assert_prompt_is_the_loop_as_played(client, done: dict, loop: np.ndarray, b
     shift = int(np.argmax([np.dot(heard[:BEAT, 0], np.roll(loop[:, 0], -k)[:BEAT]) for k in
                            range(0, 2 * BAR, BLOCK)]))
     coarse = shift * BLOCK
-    fine = [k for k in range(coarse - BLOCK, coarse + BLOCK + 1)
-            if np.allclose(heard, np.roll(loop, -k, axis=0)[: len(heard)], atol=1e-6)]
-    assert fine, "the prompt is not the loop as played"
-    assert min((fine[0] - rt) % BAR, BAR - (fine[0] - rt) % BAR) <= BLOCK
+    wrong = {k: len(np.unique(np.flatnonzero(
+        (np.abs(heard - np.roll(loop, -k, axis=0)[: len(heard)]) > 1e-6).any(axis=1)) // BLOCK))
+        for k in range(coarse - BLOCK, coarse + BLOCK + 1)}  # shift -> blocks that differ
+    fine = min(wrong, key=wrong.get)
+    assert wrong[fine] <= excused, f"the prompt is not the loop as played ({wrong[fine]} blocks differ)"
+    assert min((fine - rt) % BAR, BAR - (fine - rt) % BAR) <= BLOCK
 
 
 def test_a_stalled_audio_client_comes_back_on_the_song_grid(rig):
@@ -76,6 +83,7 @@ def test_a_stalled_audio_client_comes_back_on_the_song_grid(rig):
     gone = audio()["missed"] - missed
     assert gone % BLOCK == 0 and 0.2 * RATE <= gone <= 0.6 * RATE, gone
 
+    incidents = audio_incidents(client)
     time.sleep(2.2 * BAR / RATE)  # the last whole bar before the request comes after the stall
     t0 = recorder.client.frame_time
     done = client.wait(client.request("continue", source="live", last_bars=1, bars=1, start="next_bar",
@@ -86,12 +94,13 @@ def test_a_stalled_audio_client_comes_back_on_the_song_grid(rig):
     phase = first % BAR
     assert min(phase, BAR - phase) <= BLOCK, f"the take starts {phase} samples off the bar line"
     take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
-    recorder.assert_heard(first, take)
-    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=1)
+    recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
+    _assert_prompt_is_the_loop_as_played(client, done, loop, bars=1, excused=excused_cycles(client, incidents))
 
 
 def test_stop_fades_out_without_a_click(rig):
     server, daemon, recorder, client, loop = rig
+    incidents = audio_incidents(client)
     t0 = recorder.client.frame_time
     rid = client.request("generate", prompt="drone", endless=True, start="now", seed=2)["id"]
     client.wait(rid, "started")
@@ -113,7 +122,7 @@ def test_stop_fades_out_without_a_click(rig):
     # The file of a stopped take is what was heard, fade included, though the LM had run seconds ahead.
     take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
     assert len(take) == done["samples"] and abs(len(take) - len(x)) <= 1
-    recorder.assert_heard(first, take)
+    recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
     codes = np.load(done["path"].replace(".wav", ".codes.npy"))
     assert codes.shape[1] == done["frames"] <= len(take) / RATE * 50 + 2
 

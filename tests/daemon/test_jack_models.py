@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 import model_folders
-from jack_rig import BAR, PERIOD, RATE, continue_on_the_bar_line, set_tempo, song_rig
+from jack_rig import BAR, PERIOD, RATE, audio_incidents, continue_on_the_bar_line, excused_cycles, set_tempo, song_rig
 from segue.daemon.client import DaemonError
 from segue.models.audio import to_model_audio
 from segue.models.generation import Take
@@ -40,7 +41,8 @@ def _address_space(pid: int) -> int:
 
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 def test_stereo_audiogen_and_melody_models_on_jack_and_a_load_out_of_memory(folders, tmp_path):
-    with song_rig(tmp_path / "takes", model=str(folders["stereo"])) as (server, daemon, recorder, client, loop):
+    with song_rig(tmp_path / "takes", model=str(folders["stereo"]), allow=(folders["stereo"].parent,)) as (
+            server, daemon, recorder, client, loop):
         st = client.request("status")["status"]
         assert st["channels"] == 2 and st["models"][0]["codebooks"] == 8
         done = continue_on_the_bar_line(server, recorder, client, str(folders["stereo"]))
@@ -56,6 +58,7 @@ def test_stereo_audiogen_and_melody_models_on_jack_and_a_load_out_of_memory(fold
         # "Play a melody, get a song in it": a melody model follows the last two bars of the live input.
         client.wait(client.request("set", model="demo-melody")["id"], timeout=120)
         set_tempo(server, recorder, client)
+        incidents = audio_incidents(client)
         t0 = recorder.client.frame_time
         done = client.wait(client.request("generate", prompt="piano", melody="live", melody_last_bars=2, bars=1,
                                           start="next_bar", seed=3)["id"], timeout=60)
@@ -64,17 +67,24 @@ def test_stereo_audiogen_and_melody_models_on_jack_and_a_load_out_of_memory(fold
         first, _ = recorder.loud_span(t0, recorder.last_frame)
         assert min(first % BAR, BAR - first % BAR) <= PERIOD
         take, _ = sf.read(done["path"], dtype="float32", always_2d=True)
-        recorder.assert_heard(first, take)
+        recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
         tune, sr = sf.read(done["path"].replace(".wav", ".melody.wav"), dtype="float32", always_2d=True)
         assert sr == RATE and len(tune) == 2 * BAR and np.abs(tune).max() > 0.01  # the loop as it was played
         meta = json.loads(Path(done["path"].replace(".wav", ".json")).read_text())
         assert meta["melody"]["source"] == "live" and meta["melody"]["separation"] == "full mix"
         melody_model = load_model("demo-melody")
         codes = np.load(done["path"].replace(".wav", ".codes.npy"))
-        offline = Take(melody_model, "piano", None, codes.shape[1], SamplingParams(seed=3),
-                       melody=melody_model.melody_from_audio(to_model_audio(tune.T, sr, 32000, 1)))
-        for _ in offline:
-            pass
+        # With the daemon's torch threads: a GEMM may round differently on another thread count (the prefix's
+        # prefill is a 500-row one), and then the tokens are the same only up to a near tie.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(meta["threads"])
+        try:
+            offline = Take(melody_model, "piano", None, codes.shape[1], SamplingParams(seed=3),
+                           melody=melody_model.melody_from_audio(to_model_audio(tune.T, sr, 32000, 1)))
+            for _ in offline:
+                pass
+        finally:
+            torch.set_num_threads(threads)
         np.testing.assert_array_equal(offline.new_codes(), codes)
 
         # A real allocation failure: the daemon may not grow its address space by more than 64 MB, and the wide

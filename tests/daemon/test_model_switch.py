@@ -33,9 +33,9 @@ def folders(tmp_path_factory):
                 stereo=model_folders.stereo_musicgen(root / "stereo"))
 
 
-def _daemon(model, takes: Path, keep_models: int = 0):
+def _daemon(model, takes: Path, keep_models: int = 0, allowed: tuple[Path, ...] = ()):
     transports = []
-    engine = Engine(model, NullAudio(RATE, 2, 256), EngineConfig(takes, keep_models=keep_models),
+    engine = Engine(model, NullAudio(RATE, 2, 256), EngineConfig(takes, allowed, keep_models=keep_models),
                     emit=lambda ev: transports and transports[0].event(ev),
                     load=lambda ref: checked_load(ref, torch.device("cpu"), torch.float32, fetch, load_model))
     engine.warm_up(0.2)
@@ -50,8 +50,9 @@ def _daemon(model, takes: Path, keep_models: int = 0):
 
 
 @pytest.fixture
-def daemon(demo, tmp_path):
-    engine, server, client = _daemon(demo, tmp_path / "takes")
+def daemon(demo, tmp_path, folders):
+    # `set model=` takes folders inside the allowed ones only: the test models' and this test's own.
+    engine, server, client = _daemon(demo, tmp_path / "takes", allowed=(folders["mono"].parent, tmp_path))
     yield engine, client
     client.close()
     server.close()
@@ -132,7 +133,7 @@ def test_audiogen_and_stereo_models_stream_exactly_at_the_device_rate(daemon, fo
 
 
 def test_kept_models_switch_back_at_once_and_retry_on_the_model_that_made_the_take(demo, folders, tmp_path):
-    engine, server, client = _daemon(demo, tmp_path / "takes", keep_models=1)
+    engine, server, client = _daemon(demo, tmp_path / "takes", keep_models=1, allowed=(folders["mono"].parent,))
     try:
         first = client.wait(client.request("generate", seconds=0.3, start="now", seed=1)["id"])
         client.wait(client.request("set", model=str(folders["mono"]))["id"])
@@ -174,6 +175,15 @@ def test_loads_that_fail_leave_the_current_model(daemon, tmp_path, folders):
     with pytest.raises(DaemonError) as e:
         client.wait(client.request("set", model=str(broken))["id"])
     assert e.value.code == "model_error" and "not a readable PyTorch checkpoint" in e.value.reply["message"]
+
+    # Outside the allowed folders: one answer before `ok`, whether the folder exists or not (it said which).
+    answers = set()
+    for outside in (str(Path.home()), "/no/such/folder", "~/models", "models/../..", "a/..", "relative/folder/x"):
+        with pytest.raises(DaemonError) as e:
+            client.request("set", model=outside)
+        assert e.value.code == "path_not_allowed", outside
+        answers.add(e.value.reply["message"])
+    assert len(answers) == 1 and "--allow" in answers.pop()
 
     for bad, code in (("", "bad_type"), (3, "bad_type"), ("x" * 600, "too_large"), ("a\nb", "bad_type")):
         with pytest.raises(DaemonError) as e:
@@ -304,3 +314,22 @@ def test_a_load_waits_until_the_playing_takes_are_ahead(demo):
     wait_until(lambda: len(delivered) == 2, 10, "the second load")
     loaded = delivered[1][2]
     assert delivered[1][3] is None and 0.6 <= loaded.load_wait_s < 3  # before reading and before warming up
+
+
+def test_a_hub_id_from_a_client_is_never_a_folder_of_the_daemon(tmp_path, monkeypatch):
+    """`set model=relx/model` looked like a hub id and loaded the folder of that name in the daemon's working
+    directory, which is no allowed folder; and the answer told whether it existed. Now a client's hub id is looked
+    up on the hub only (here offline: its cache), with one answer either way."""
+    from segue.daemon.model_slot import client_fetch
+    from segue.models.errors import SegueError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "relx" / "model").mkdir(parents=True)
+    (tmp_path / "relx" / "model" / "config.json").write_text("{}")
+    answers = []
+    for ref in ("relx/model", "relx/absent"):
+        with pytest.raises(SegueError) as err:
+            client_fetch(ref)
+        answers.append(str(err.value).replace(ref, "REF"))
+    assert answers[0] == answers[1] and "not in the local cache" in answers[0]
+    assert client_fetch(str(tmp_path / "relx" / "model")) == tmp_path / "relx" / "model"  # absolute: a folder

@@ -40,6 +40,31 @@ def test_missed_cycles_move_both_rings_on_with_the_device_clock():
     assert not audio.bus.buf[256:768].any() and audio.bus.underruns == 0  # the skipped mix is gone from the ring
 
 
+def test_a_late_callback_and_the_call_for_the_same_cycle_stay_on_the_device_clock():
+    """A callback that runs late reads the frame counter after JACK began the next cycle (a gap of one block), and
+    is then called again at once for that same cycle (a gap of minus one block). The second call plays and records
+    that block again in its place: nothing is shifted, later blocks come from the right clock samples, the net
+    missed count is zero, and the late call is counted. (Counting the first read as a missed cycle and ignoring the
+    second put every later take on a JACK server under load a block early.)"""
+    from segue.daemon.audio_io import Audio
+
+    audio = Audio(48000, 1, 1, 256)
+    mix = np.arange(1, 4097, dtype=np.float32)[:, None]
+    audio.bus.write(0, mix)
+    out = np.zeros((256, 1), np.float32)
+    audio.process(np.full((256, 1), 1.0, np.float32), out)  # cycle 0
+    audio.process(np.full((256, 1), 2.0, np.float32), out, missed=256)  # cycle 1, late: it reads cycle 2's frame
+    np.testing.assert_array_equal(out, mix[512:768])
+    audio.process(np.full((256, 1), 3.0, np.float32), out, missed=-256)  # called again at once, for cycle 2
+    np.testing.assert_array_equal(out, mix[512:768])
+    audio.process(np.full((256, 1), 4.0, np.float32), out)  # cycle 3
+    np.testing.assert_array_equal(out, mix[768:1024])
+    assert audio.bus.read_pos == audio.input.end == 1024
+    assert audio.status()["missed"] == 0 and audio.status()["late"] == 1
+    np.testing.assert_array_equal(audio.input.read(0, 1024)[0], np.repeat([1.0, 0.0, 3.0, 4.0], 256))
+    assert not audio.bus.buf[:768].any() and audio.bus.underruns == 0  # all that is behind the playhead is silence
+
+
 def test_voice_lands_on_its_start_sample_and_stop_fades_without_a_step():
     bus = MixBus(1, 48000)
     mixer = Mixer(bus, guard=256, max_horizon=24000)

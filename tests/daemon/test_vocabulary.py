@@ -82,6 +82,11 @@ def test_pcm_source_is_deinterleaved():
     ({"cmd": "tempo"}, v.MISSING),
     ({"cmd": "tempo", "bpm": 5000}, v.OUT_OF_RANGE),
     ({"cmd": "stop", "fade": 60}, v.OUT_OF_RANGE),
+    ({"cmd": "tempo", "bpm": 10**400}, v.OUT_OF_RANGE),  # no float holds it: out of range, not `internal`
+    ({"cmd": "generate", "prompt": "\ud800"}, v.BAD_TYPE),  # a lone surrogate: was ok, then `internal`
+    ({"cmd": "set", "prompt": "bad \udcff"}, v.BAD_TYPE),
+    ({"cmd": "generate", "seconds": -(10**310)}, v.OUT_OF_RANGE),
+    ({"cmd": "generate", "seed": 10**400}, v.OUT_OF_RANGE),
 ])
 def test_bad_requests_get_a_code_and_a_sentence(request_, code):
     with pytest.raises(v.CommandError) as err:
@@ -99,3 +104,42 @@ def test_bad_pcm_is_refused(payload, code):
     with pytest.raises(v.CommandError) as err:
         v.parse({"cmd": "continue", "source": "pcm", "sample_rate": 48000}, payload)
     assert err.value.code == code
+
+
+@pytest.mark.parametrize("request_, key", [
+    ({"cmd": "tempo", "bpm": None}, "bpm"),
+    ({"cmd": "continue", "source": None}, "source"),
+    ({"cmd": "continue", "source": "take", "take": None}, "take"),
+    ({"cmd": "continue", "source": "file", "path": None}, "path"),
+    ({"cmd": "continue", "source": "pcm", "sample_rate": None}, "sample_rate"),
+    ({"cmd": "generate", "melody": "take", "melody_take": None}, "melody_take"),
+    ({"cmd": "generate", "melody": "file", "melody_path": None}, "melody_path"),
+])
+def test_a_null_in_a_required_field_is_refused_before_ok(request_, key):
+    """A null is no value: the parser refuses it (`missing`, naming the field), so the request is never accepted
+    and then failed in the engine with no id to match it to."""
+    with pytest.raises(v.CommandError) as err:
+        v.parse(request_, np.zeros(4, np.float32).tobytes())
+    assert err.value.code == v.MISSING and f"'{key}' (null given)" in err.value.message
+
+
+def test_a_cmd_that_is_no_string_is_bad_type_and_a_missing_one_missing():
+    for req in ({"cmd": 5}, {"cmd": ["status"]}, {"cmd": {"x": 1}}):
+        with pytest.raises(v.CommandError) as e:
+            v.parse(req)
+        assert e.value.code == "bad_type" and "'cmd'" in e.value.message
+    for req in ({}, {"cmd": None}):
+        with pytest.raises(v.CommandError) as e:
+            v.parse(req)
+        assert e.value.code == "missing"
+
+
+def test_a_path_with_a_control_character_is_bad_type_before_ok():
+    """A NUL in a path reached `Path.resolve()` on the engine's side and came back as `internal`."""
+    for req, field in (({"cmd": "continue", "source": "file", "path": "a\x00b.wav"}, "'path'"),
+                       ({"cmd": "continue", "source": "file", "path": ""}, "'path'"),
+                       ({"cmd": "generate", "melody": "file", "melody_path": "tune\n.wav"}, "'melody_path'")):
+        with pytest.raises(v.CommandError) as e:
+            v.parse(req)
+        assert e.value.code == "bad_type" and field in e.value.message
+    assert v.parse({"cmd": "continue", "source": "file", "path": "loops/é b.wav"}).source.path == "loops/é b.wav"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import support
+import near_ties
 from segue.models.errors import RequestError
 from segue.models.generation import Take, frames_for, prompt_codes, pump_takes
 from segue.models.lm.config import LMConfig, SamplingParams
@@ -88,7 +88,7 @@ def test_pump_takes_equals_pumping_each_alone(short_model):
     model = short_model
     prompt = model.encode(torch.randn(1, 1, 640 * 12) * 0.2)
     alone, together = _takes(model, prompt), _takes(model, prompt)
-    got = support.pumped_together_equals_alone(alone, together, 3 * SHORT.context)
+    got = near_ties.pumped_together_equals_alone(alone, together, 3 * SHORT.context)
     assert together[0].done and together[1].done and not together[2].done
     assert together[2].stream.base > 0  # the endless take re-prompted while pumped with the others
     assert sum(p.shape[1] for p in got[0] if p is not None) == 30 * 640

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import support
+import near_ties
 from segue.models.errors import RequestError
 from segue.models.generation import Take
 from segue.models.lm.config import LMConfig, SamplingParams
@@ -81,7 +81,7 @@ def test_pump_takes_equals_pumping_each_alone(short_melody):
     melody = model.melody_from_audio(sine(261.63, 1.5, channels=1))
     prompt = model.encode(torch.randn(1, 1, 640 * 12) * 0.2)
     alone, together = _takes(model, prompt, melody), _takes(model, prompt, melody)
-    support.pumped_together_equals_alone(alone, together, 3 * SHORT_MELODY.context)
+    near_ties.pumped_together_equals_alone(alone, together, 3 * SHORT_MELODY.context)
     assert together[0].done and together[1].done and not together[2].done
     assert together[2].stream.base > 0  # the endless take re-prompted (prefix included) while batched
 

@@ -106,6 +106,11 @@ def test_segue_follows_the_session_tempo_and_bar_lines_and_proposes_its_own(demo
         engine.close()
 
 
+def _sidecar_says(folder, text: str) -> bool:
+    sidecars = sorted(folder.glob("*.json"))
+    return bool(sidecars) and text in sidecars[-1].read_text()
+
+
 def test_the_session_stopping_stops_the_takes(demo, tmp_path, peer):
     engine, sync = start_engine(demo, tmp_path, LinkSync)
     try:
@@ -113,11 +118,11 @@ def test_the_session_stopping_stops_the_takes(demo, tmp_path, peer):
         peer.say("play")
         wait_until(lambda: sync.was_playing, 5, "segue to see the session play")
         engine.submit(Generate(None, Start("now"), Length(), 3))
-        wait_until(lambda: engine.status()["takes"], 10, "the take to play")
+        wait_until(lambda: [t for t in engine.status()["takes"] if t["state"] == "started"], 30, "the take to play")
         peer.say("stop")
         wait_until(lambda: not engine.status()["takes"], 10, "the take to stop with the session")
-        stopped = sorted(tmp_path.glob("*.json"))
-        assert stopped and '"state": "stopped"' in stopped[-1].read_text()
+        # Its files are finalized on the writer's thread: the sidecar says so once they are whole.
+        wait_until(lambda: _sidecar_says(tmp_path, '"state": "stopped"'), 10, "the take's sidecar to say it stopped")
     finally:
         sync.close()
         engine.close()

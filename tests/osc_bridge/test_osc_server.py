@@ -84,13 +84,22 @@ def test_sync_status_and_refusals(osc):
     p.send("/segue/tempo", 2000)
     _, (cmd, message, code) = p.recv("/segue/fail")
     assert code == "out_of_range"
-    p.send("/segue/continue", "take", "take", 999)  # accepted, refused later by the engine: a fail all the same
-    _, (cmd, rid) = p.recv("/segue/done")
-    _, (cmd, message, code) = p.recv("/segue/fail")
-    assert (cmd, code) == ("continue", "no_such_take")
+    p.send("/segue/continue", "take", "take", 999)  # accepted, refused later by the engine: a fail all the same,
+    _, (cmd, rid) = p.recv("/segue/done")  # after its done, and naming the id the done gave
+    _, (cmd, message, code, failed) = p.recv("/segue/fail")
+    assert (cmd, code, failed) == ("continue", "no_such_take", rid)
     p.send("/segue/takes", "many")
     _, (cmd, message, code) = p.recv("/segue/fail")
     assert (cmd, code) == ("takes", "bad_type")
+    p.send("/segue/takes", 1e30)
+    _, (cmd, message, code) = p.recv("/segue/fail")
+    assert (cmd, code) == ("takes", "out_of_range")
+    p.send("/segue/notify", 1, 70000)
+    _, (cmd, message, code) = p.recv("/segue/fail")
+    assert (cmd, code) == ("notify", "out_of_range") and "port" in message and "70000" in message
+    p.send("/segue/notify", 2)
+    _, (cmd, message, code) = p.recv("/segue/fail")
+    assert (cmd, code) == ("notify", "bad_type") and "1 (on) or 0 (off)" in message
     p.sock.sendto(b"\x00garbage that is not OSC", server.address)
     _, (_, _, code) = p.recv("/segue/fail")
     assert code == "bad_request"
@@ -131,6 +140,37 @@ def test_switch_to_a_melody_model_and_follow_a_melody_over_osc(osc, tmp_path):
     p.close()
 
 
+def test_a_new_reply_port_replaces_the_old_one(osc):
+    """Two `/segue/notify 1 PORT` from one host with different ports: the take events go to the new port only, and
+    once each (the old port was once kept, and every event arrived twice)."""
+    engine, server = osc
+    sender, old, new = Peer(server.address), Peer(server.address), Peer(server.address)
+    sender.send("/segue/notify", 1, old.sock.getsockname()[1])
+    assert old.recv("/segue/done") == ("/segue/done", ["notify", 1])
+    sender.send("/segue/notify", 1, new.sock.getsockname()[1])
+    assert new.recv("/segue/done") == ("/segue/done", ["notify", 1])
+    sender.send("/segue/generate", "pad", "seconds", 0.3, "start", "now", "seed", 2)
+    _, (cmd, rid) = new.recv("/segue/done")
+    _, (path, done_id, state) = new.recv("/segue/take/done")
+    assert done_id == rid and state == "done"
+    time.sleep(0.3)
+    new.sock.settimeout(0.1)
+    old.sock.settimeout(0.1)
+    for peer, expected in ((new, 0), (old, 0)):  # nothing twice on the new port, nothing at all on the old one
+        extra = []
+        try:
+            while True:
+                extra += [m.message.address for m in OscPacket(peer.sock.recvfrom(65536)[0]).messages]
+        except socket.timeout:
+            pass
+        assert [a for a in extra if a.startswith("/segue/take/")] == [], extra
+    sender.send("/segue/notify", 0, new.sock.getsockname()[1])
+    assert new.recv("/segue/done") == ("/segue/done", ["notify", 0])
+    assert not server.listeners
+    for p in (sender, old, new):
+        p.close()
+
+
 def test_a_bundle_in_the_future_starts_the_take_then(osc):
     engine, server = osc
     p = Peer(server.address)
@@ -146,6 +186,115 @@ def test_a_bundle_in_the_future_starts_the_take_then(osc):
     _, (rid, start, _) = p.recv("/segue/take/queued")
     assert abs((start - clock) / RATE - 1.0) < 0.05  # on the audio clock, where the time tag said
     p.recv("/segue/take/done")
+    p.close()
+
+
+def test_replies_go_to_the_socket_that_asked_and_notify_is_per_sender(osc):
+    """Two clients on one host: one names a reply port; the other's answers still come back to it (a notify from
+    any local socket used to take every client's replies on the host), and turning notify off touches only the
+    sender's own listener."""
+    engine, server = osc
+    a, a_replies, b = Peer(server.address), Peer(server.address), Peer(server.address)
+    a.send("/segue/notify", 1, a_replies.sock.getsockname()[1])
+    assert a_replies.recv("/segue/done") == ("/segue/done", ["notify", 1])
+    b.send("/segue/notify", 1)
+    assert b.recv("/segue/done") == ("/segue/done", ["notify", 1])
+    b.send("/segue/status")
+    assert b.recv("/segue/status.reply")[0] == "/segue/status.reply"  # to b, not to a's reply port
+    a.send("/segue/notify", 0, b.sock.getsockname()[1])  # a points its replies at b's port and turns notify off
+    assert b.recv("/segue/done") == ("/segue/done", ["notify", 0])
+    assert list(server.listeners) == [b.sock.getsockname()]  # b's own listener stays
+    b.send("/segue/sync", 5)
+    assert b.recv("/segue/synced") == ("/segue/synced", [5])
+    for peer in (a, a_replies, b):
+        peer.close()
+
+
+def test_a_port_must_be_a_whole_number_not_true(osc):
+    engine, server = osc
+    p = Peer(server.address)
+    for port in (True, 1.5, "9000"):
+        m = OscMessageBuilder("/segue/notify")
+        m.add_arg(1)
+        m.add_arg(port)  # True goes as the type tag T
+        p.sock.sendto(m.build().dgram, server.address)
+        _, (cmd, message, code) = p.recv("/segue/fail")
+        assert (cmd, code) == ("notify", "bad_type"), port
+    assert not server.listeners
+    p.close()
+
+
+def test_listener_places_held_by_quiet_senders_are_given_to_new_ones(osc, monkeypatch):
+    """Clients take every listener place and go quiet (a patch closed without `/segue/notify 0`): a new client
+    gets a place once the quietest has been silent for NOTIFY_IDLE_S (shortened here), and `busy` before that."""
+    from segue.osc_bridge import osc_server
+
+    monkeypatch.setattr(osc_server, "NOTIFY_IDLE_S", 0.5)
+    engine, server = osc
+    sinks = [Peer(server.address) for _ in range(osc_server.MAX_NOTIFY)]
+    for sink in sinks:  # every place (one listener per sender)
+        sink.send("/segue/notify", 1)
+        sink.recv("/segue/done")
+    late = Peer(server.address)
+    late.send("/segue/notify", 1)
+    _, (cmd, message, code) = late.recv("/segue/fail")
+    assert (cmd, code) == ("notify", "busy")
+    time.sleep(0.7)
+    late.send("/segue/notify", 1)
+    assert late.recv("/segue/done") == ("/segue/done", ["notify", 1])
+    assert late.sock.getsockname() in server.listeners
+    for peer in [late, *sinks]:
+        peer.close()
+
+
+def test_the_total_rate_over_all_senders_is_bounded(osc, monkeypatch):
+    """Many senders each under the per-sender limit: past TOTAL_RATE a second (lowered here) the rest is refused
+    with rate_limited, and the daemon answers again in the next second."""
+    from segue.osc_bridge import osc_server
+
+    # Lowered to 20, so that the 40 messages below reach the server within one window even on a loaded machine
+    # (400 against a limit of 200 were spread over more than a second, or lost in the kernel's socket buffer, while
+    # the server's thread waited for a core).
+    monkeypatch.setattr(osc_server, "TOTAL_RATE", 20)
+    engine, server = osc
+    peers = [Peer(server.address) for _ in range(10)]
+    msg = encode("/segue/sync", 1)
+    dropped = server.dropped
+    for _ in range(4):  # 40 at once, 4 per sender (each far under the per-sender limit)
+        for peer in peers:
+            peer.sock.sendto(msg, server.address)
+    limited = synced = 0
+    for peer in peers:
+        try:
+            while True:
+                address, args = peer.recv(timeout=0.5)
+                limited += address == "/segue/fail" and args[2] == "rate_limited"
+                synced += address == "/segue/synced"
+        except TimeoutError:
+            pass
+    refused = server.dropped - dropped
+    assert limited >= 1 and refused >= 10 and synced + refused == 40  # each one answered or refused
+    time.sleep(1.1)
+    peers[0].send("/segue/sync", 2)
+    assert peers[0].recv("/segue/synced") == ("/segue/synced", [2])
+    for peer in peers:
+        peer.close()
+
+
+def test_a_time_tag_past_the_horizon_is_refused(osc):
+    """A bundle a year ahead would hold its take (or its `set`) for good: refused, with the limit."""
+    engine, server = osc
+    p = Peer(server.address)
+    for path, args in (("/segue/generate", ("pad", "seconds", 0.2)), ("/segue/set", ("temperature", 0.5))):
+        b = OscBundleBuilder(time.time() + 365 * 86400)
+        m = OscMessageBuilder(path)
+        for a in args:
+            m.add_arg(a)
+        b.add_content(m.build())
+        p.sock.sendto(b.build().dgram, server.address)
+        _, (cmd, message, code) = p.recv("/segue/fail")
+        assert code == "out_of_range" and "time tag" in message and "600 s" in message
+    assert engine.status()["takes"] == [] and not engine.later
     p.close()
 
 
@@ -177,8 +326,9 @@ def _oscdump(port: int):
 
 
 def test_liblo_oscsend_and_oscdump(osc):
-    """liblo's tools drive it: oscsend names oscdump's port as the reply port, sends a continue of a take, and
-    oscdump prints /segue/done and the take's events."""
+    """liblo's tools drive it: oscsend names oscdump's port as the reply port and the listener, then sends a
+    generate from another socket (each oscsend is one): oscdump prints the notify's /segue/done and the take's
+    events; the generate's own /segue/done goes to the socket that asked (replies are routed per sender)."""
     engine, server = osc
     host, port = server.address
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -199,7 +349,7 @@ def test_liblo_oscsend_and_oscdump(osc):
                 lines.append(line)
         text = "".join(lines)
         assert '/segue/done si "notify" 1' in text, text
-        assert '/segue/done si "generate" 1' in text, text
+        assert '/segue/done si "generate"' not in text, text
         assert "/segue/take/started ii 1 " in text and '"done"' in text.split("/segue/take/done")[1], text
     finally:
         dump.kill()

@@ -39,11 +39,17 @@ def _free_udp_port() -> int:
 
 
 @pytest.mark.slow
-def test_pd_runs_the_patch_and_it_drives_the_daemon(demo, tmp_path):
+@pytest.mark.parametrize("reply_port_last", [False, True], ids=["reply-port-first", "reply-port-last"])
+def test_pd_runs_the_patch_and_it_drives_the_daemon(demo, tmp_path, reply_port_last):
+    """Either order of `segue-port` and `segue-reply-port` works: moving the reply port alone tells segue too (it
+    once only moved the patch's listener, and every answer went on to the old port)."""
     engine, osc = start_engine(demo, tmp_path / "takes", lambda e: OscServer(e, "127.0.0.1", 0))
     reply_port = _free_udp_port()
+    ports = [f"segue-reply-port {reply_port}", f"segue-port {osc.address[1]}"]
+    if reply_port_last:
+        ports.reverse()
     pd = subprocess.Popen(["pd", "-nogui", "-nosound", "-nomidi", "-noprefs", "-stderr",
-                           "-send", f"segue-reply-port {reply_port}", "-send", f"segue-port {osc.address[1]}",
+                           "-send", ports[0], "-send", ports[1],
                            "-send", "segue-ui generate", "-send", "segue-ui status",
                            str(PATCHES / "segue.pd")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -5,6 +5,7 @@ import random
 import pytest
 import torch
 
+import near_ties
 import support
 from segue.models.codec.config import ENCODEC_16KHZ, ENCODEC_24KHZ, ENCODEC_32KHZ
 from segue.models.codec.encodec import Encodec, emitted
@@ -122,7 +123,11 @@ def test_streaming_encoder_equals_full_pass(pair, sizes):
         t += sizes[i % len(sizes)]
         i += 1
     outs.append(enc.flush())
-    assert torch.equal(torch.cat(outs, -1), codec.encode(x))
+    # The chunks' convolutions and quantizer GEMMs have other shapes than the full pass's: the same codes up to a
+    # near tie of the quantizer.
+    with torch.no_grad():
+        z = codec.encoder(x)  # [2, D, T] the full pass's latents
+    near_ties.assert_codes_equal_up_to_near_ties(codec.quantizer, z, torch.cat(outs, -1), codec.encode(x))
 
 
 def test_decoder_lookahead_is_four_frames_for_musicgen_codec():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import melody_support
+import near_ties
 import support
 from segue.models.lm.prefix import write_prefix
 from segue.models.lm.state import LMState
@@ -55,25 +56,28 @@ def test_logits_match_transformers_over_the_whole_sequence(tiny_melody, tiny_mel
 
 
 def test_transformers_generate_honours_the_melody(tiny_melody):
-    """Finding, transformers 5.23.0: generate() with its KV cache gives exactly the tokens of the same generation
-    run without a cache, and two melodies give different tokens. The regression reported for 4.48 .. 4.57
-    (huggingface/transformers#45647: the melody ignored with the cache, fix in PR #45738) does not reproduce here.
-    segue is still checked against the cache-free loop, which is correct on every version."""
+    """Finding, transformers 5.23.0: generate() with its KV cache gives the tokens of the same generation run
+    without a cache (up to a near tie: the two compute each step with different shapes), and two melodies give
+    different tokens. The regression reported for 4.48 .. 4.57 (huggingface/transformers#45647: the melody ignored
+    with the cache, fix in PR #45738) does not reproduce here. segue is still checked against the cache-free loop,
+    which is correct on every version."""
     hf, tok, _ = tiny_melody
     a = melody_support.one_hot_chroma([i % 12 for i in range(40)])
     b = melody_support.one_hot_chroma([(7 * i + 3) % 12 for i in range(40)])
     gen_a = melody_support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=a)
     gen_b = melody_support.hf_melody_generate_codes(hf, tok, "dub techno", 14, chroma=b)
     assert not torch.equal(gen_a, gen_b), "generate() ignored the melody (transformers#45647)"
-    assert torch.equal(gen_a, melody_support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=a))
-    assert torch.equal(gen_b, melody_support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=b))
+    for chroma, generated in ((a, gen_a), (b, gen_b)):
+        steps = []
+        loop = melody_support.hf_melody_greedy_codes(hf, tok, "dub techno", 14, chroma=chroma, steps=steps)
+        near_ties.assert_same_take_as_reference(loop, generated, near_ties.reference_draws(steps, 1, 4),
+                                                (0, 1, 2, 3), 0)
 
 
 def test_greedy_with_a_melody_from_audio_matches_transformers(tiny_melody, tiny_melody_segue, arpeggio_chroma):
     hf, tok, _ = tiny_melody
     ref = melody_support.hf_melody_greedy_codes(hf, tok, "lead synth", 18, chroma=arpeggio_chroma)
-    ours = support.generate_frames(tiny_melody_segue, ["lead synth"], 15, chroma=arpeggio_chroma)
-    assert torch.equal(ours, ref)
+    ours = near_ties.assert_generates(tiny_melody_segue, ["lead synth"], 15, ref, chroma=arpeggio_chroma)
     other = support.generate_frames(tiny_melody_segue, ["lead synth"], 15, chroma=arpeggio_chroma.roll(3, -1))
     assert not torch.equal(other, ours)  # the melody steers the tokens
 
@@ -81,7 +85,7 @@ def test_greedy_with_a_melody_from_audio_matches_transformers(tiny_melody, tiny_
 def test_greedy_text_only_uses_the_null_melody_as_transformers(tiny_melody, tiny_melody_segue):
     hf, tok, _ = tiny_melody
     ref = melody_support.hf_melody_greedy_codes(hf, tok, "a bright marimba loop", 16)
-    assert torch.equal(support.generate_frames(tiny_melody_segue, ["a bright marimba loop"], 13), ref)
+    near_ties.assert_generates(tiny_melody_segue, ["a bright marimba loop"], 13, ref)
 
 
 def test_greedy_continuation_with_a_melody_matches_transformers(tiny_melody, tiny_melody_segue, arpeggio_chroma):
@@ -90,7 +94,7 @@ def test_greedy_continuation_with_a_melody_matches_transformers(tiny_melody, tin
     prompt = model.encode(torch.randn(1, 1, 640 * 9 + 123) * 0.2)
     ref = melody_support.hf_melody_greedy_codes(hf, tok, "jazz drums", 14, chroma=arpeggio_chroma, prompt=prompt)
     assert torch.equal(ref[..., : prompt.shape[-1]], prompt)
-    assert torch.equal(support.generate_frames(model, ["jazz drums"], 11, prompt, chroma=arpeggio_chroma), ref)
+    near_ties.assert_generates(model, ["jazz drums"], 11, ref, prompt, chroma=arpeggio_chroma)
 
 
 def test_batched_texts_of_different_lengths_match_transformers(tiny_melody, tiny_melody_segue, arpeggio_chroma):
@@ -99,7 +103,7 @@ def test_batched_texts_of_different_lengths_match_transformers(tiny_melody, tiny
     texts = ["kick", "a long description of a slow ambient piece"]
     chroma = torch.cat([arpeggio_chroma, arpeggio_chroma.roll(5, -1)])
     ref = melody_support.hf_melody_greedy_codes(hf, tok, texts, 14, chroma=chroma)
-    assert torch.equal(support.generate_frames(tiny_melody_segue, texts, 11, chroma=chroma), ref)
+    near_ties.assert_generates(tiny_melody_segue, texts, 11, ref, chroma=chroma)
 
 
 def test_audiocraft_export_gives_the_same_tokens(tiny_melody, tiny_melody_segue, arpeggio_chroma, tmp_path):
@@ -123,11 +127,11 @@ def test_stereo_melody_matches_transformers_in_both_layouts(tmp_path, arpeggio_c
     assert model.channels == 2 and model.lm.cfg.delays == (0, 0, 1, 1, 2, 2, 3, 3) and model.takes_melody
     ref = melody_support.hf_melody_greedy_codes(hf, tok, "stereo strings", 14, chroma=arpeggio_chroma)
     assert ref.shape == (1, 8, 11)
-    assert torch.equal(support.generate_frames(model, ["stereo strings"], 11, chroma=arpeggio_chroma), ref)
+    near_ties.assert_generates(model, ["stereo strings"], 11, ref, chroma=arpeggio_chroma)
     hf.audio_encoder.save_pretrained(str(tmp_path / "encodec_32khz"))
     folder = support.export_audiocraft(hf, tok, tmp_path / "stereo-melody-ac",
                                        t5_name=str(support.save_t5(hf, tok, tmp_path / "t5")),
                                        pointer=str(tmp_path / "encodec_32khz"), half=False)
     ac = load_model(str(folder))
     assert ac.info.kind == "musicgen-melody" and ac.lm.cfg.delays == (0, 0, 1, 1, 2, 2, 3, 3)
-    assert torch.equal(support.generate_frames(ac, ["stereo strings"], 11, chroma=arpeggio_chroma), ref)
+    near_ties.assert_generates(ac, ["stereo strings"], 11, ref, chroma=arpeggio_chroma)

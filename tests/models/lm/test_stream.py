@@ -4,6 +4,7 @@ and a stream outlives the trained context without stopping."""
 import pytest
 import torch
 
+import near_ties
 import support
 from segue.models.lm.config import LMConfig, ReplanConfig, SamplingParams
 from segue.models.lm.pattern import columns_from_frames
@@ -19,6 +20,16 @@ SHORT = LMConfig(dim=32, num_heads=4, num_layers=2, ffn_dim=64, n_q=4, card=2048
 def short_model():
     return MusicGen(random_codec(DEMO_CODEC, 1), random_lm(SHORT, 2), random_text_encoder(DEMO_T5, 3),
                     ModelInfo("short", None, "demo", "musicgen"))
+
+
+@pytest.fixture(scope="module")
+def short_int8(short_model):
+    """The same model with its LM in int8 (models/lm/quant.py)."""
+    import copy
+
+    m = short_model
+    return MusicGen(m.codec, copy.deepcopy(m.lm).quantize_int8(), m.text, ModelInfo("short-int8", None, "demo",
+                                                                                     "musicgen"))
 
 
 def conditioned_state(model, text="pads", rows=1, context=None, max_text=16, folded=False):
@@ -75,7 +86,10 @@ def test_cache_is_allocated_once(short_model):
     assert stream.ring.data_ptr() == ring
 
 
-def test_snapshot_restore_replays_and_reseed_varies(short_model):
+@pytest.mark.parametrize("name", ["short_model", "short_int8"], ids=["float32", "int8"])
+def test_snapshot_restore_replays_and_reseed_varies(request, name):
+    """Also at int8: the same calls on the same shapes are exact."""
+    short_model = request.getfixturevalue(name)
     stream = short_model.stream(1, SamplingParams(seed=7))
     stream.start(["glitch"], None, total_frames=60)
     snap = stream.snapshot()
@@ -105,7 +119,9 @@ def test_prompt_frames_are_kept_and_no_special_token_leaks(short_model):
     assert int(frames.max()) < 2048
 
 
-def test_endless_stream_outlives_the_context(short_model):
+@pytest.mark.parametrize("name", ["short_model", "short_int8"], ids=["float32", "int8"])
+def test_endless_stream_outlives_the_context(request, name):
+    short_model = request.getfixturevalue(name)
     cfg = short_model.lm.cfg
     s = short_model.stream(1, SamplingParams(seed=5), replan=ReplanConfig(keep_seconds=0.6, chunk=8))
     s.start(["drone"], None, total_frames=None)
@@ -284,8 +300,10 @@ def _stream_trio(model):
 
 
 def test_step_streams_equals_stepping_each_alone(short_model):
+    """In lock step: each stream's logits within near_ties.LOGIT_ATOL of its own step's, its tokens the same until
+    a first difference that must be a near tie, its columns, contexts and frames (up to that difference) too."""
     alone, together = _stream_trio(short_model), _stream_trio(short_model)
-    support.stepped_together_equals_alone(alone, together, 3 * short_model.lm.cfg.context)
+    near_ties.stepped_together_equals_alone(alone, together, 3 * short_model.lm.cfg.context)
     assert together[2].done and together[1].done and not together[0].done
     assert together[0].base > 0  # the endless stream re-prompted while batched with the others
 
@@ -307,7 +325,7 @@ def test_step_streams_with_graph_streams(short_model, monkeypatch):
             out.append(s)
         return out
 
-    mixed = support.batched_equals_alone(trio)
+    mixed = near_ties.batched_equals_alone(trio)
     assert [bool(s._graphs) for s in mixed] == [True, False, True]
 
 

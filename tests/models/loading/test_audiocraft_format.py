@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import model_folders
+import near_ties
 import support
 from segue.models.errors import ModelFileError
 from segue.models.loading.audiocraft_format import parse_xp_cfg
@@ -31,7 +32,7 @@ def test_full_export_matches_transformers(tiny, t5_folder, tmp_path):
     ref_model, _ = support.hf_musicgen(seed=0)
     ref_model.load_state_dict({k: (v.half().float() if k.startswith(("decoder.", "enc_to_dec")) else v)
                                for k, v in hf.state_dict().items()})
-    assert torch.equal(greedy(model, "tabla groove", 12), support.hf_greedy_codes(ref_model, tok, "tabla groove", 15))
+    near_ties.assert_generates(model, ["tabla groove"], 12, support.hf_greedy_codes(ref_model, tok, "tabla groove", 15))
     audio = torch.randn(1, 1, 640 * 5) * 0.2
     assert torch.equal(model.codec.encode(audio), support.hf_greedy_codes(ref_model, tok, "x", 4, audio=audio)[..., :5])
 
