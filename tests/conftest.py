@@ -12,6 +12,7 @@ os.environ["HF_HUB_CACHE"] = os.path.join(_HF_HOME, "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="segue-test-config-")  # MIDI learn never saves for real
+os.environ["SEGUE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segue-test-cache-")  # `--dtype auto` choices
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -14,9 +14,13 @@ tensors deprecated in favour of torchao: they are touched only here, at load, wi
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import statistics
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -48,22 +52,98 @@ class Int8Linear:
 
 
 INT8_MARGIN = 1.2  # `--dtype auto` takes int8 when a step is at least this much faster than float32's
+# Below this much projection weight (float32 bytes) `auto` keeps float32 without measuring: the weights sit in the
+# CPU's caches, and fbgemm's per-call quantization of the activations costs more than int8 saves (the demo model,
+# 3 MB: 0.86 ms float32, 1.08 ms int8). Measuring there would only let a busy moment pick int8 by chance.
+AUTO_MIN_BYTES = 32 * 2**20
 
 
-def int8_is_faster(lm, step_ms: Callable[[object], float] | None = None) -> bool:
+def int8_is_faster(lm, step_ms: Callable[[object], float] | None = None, cache: Path | None = None,
+                   min_bytes: int = AUTO_MIN_BYTES) -> bool:
     """Quantize `lm` (a float32 LM on the CPU) and keep int8 if its step is at least INT8_MARGIN times faster than
-    float32's, measured here and now; else drop the int8 weights again. Returns whether int8 was kept.
+    float32's; else drop the int8 weights again. Returns whether int8 was kept.
 
-    Measured on a 2-core AMD EPYC: musicgen-small's shapes step 152 ms in float32 and 29 ms in int8; the tiny demo
-    model 0.86 ms and 1.08 ms (at that size fbgemm's per-call quantization costs more than the weights' reads).
+    The choice is measured once per machine and kept: the same command must give the same take with the same seed,
+    and int8's tokens are not float32's. `cache`: a JSON file of earlier choices, keyed by the LM's shapes, the
+    CPU, the thread count and the PyTorch version (None: measure every time). An LM with less than `min_bytes` of
+    projection weights stays float32 unmeasured (see AUTO_MIN_BYTES).
+
+    Measured on a 2-core AMD EPYC: musicgen-small's shapes step 152 ms in float32 and 29 ms in int8.
     `step_ms(lm)`: the timer (default: the median of a few CFG steps)."""
+    if _projection_bytes(lm) < min_bytes:
+        return False
+    key = _machine_key(lm)
+    known = _read_choices(cache).get(key) if cache is not None else None
+    if known is not None:
+        if known["int8"]:
+            lm.quantize_int8()
+        return bool(known["int8"])
     step_ms = step_ms or _step_ms
     plain = step_ms(lm)
     lm.quantize_int8()
-    if step_ms(lm) * INT8_MARGIN <= plain:
-        return True
-    lm.drop_int8()
-    return False
+    quantized = step_ms(lm)
+    keep = quantized * INT8_MARGIN <= plain
+    if not keep:
+        lm.drop_int8()
+    if cache is not None:
+        _remember(cache, key, dict(int8=keep, float32_ms=round(plain, 3), int8_ms=round(quantized, 3),
+                                   measured=time.strftime("%Y-%m-%dT%H:%M:%S")))
+    return keep
+
+
+def auto_cache_path() -> Path:
+    """Where `--dtype auto` keeps its measured choices: $SEGUE_CACHE_DIR, else $XDG_CACHE_HOME/segue, else
+    ~/.cache/segue; the file `dtype_auto.json`. Delete it to measure again."""
+    root = os.environ.get("SEGUE_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "segue")
+    return Path(root) / "dtype_auto.json"
+
+
+def _projection_bytes(lm) -> int:
+    return sum(p.numel() * 4 for name, p in lm.named_parameters() if p.dim() == 2 and "emb" not in name)
+
+
+def _machine_key(lm) -> str:
+    c = lm.cfg
+    shape = f"dim{c.dim}-layers{c.num_layers}-ffn{c.ffn_dim}-q{c.n_q}-card{c.card}-x{int(c.cross_attention)}"
+    return f"{shape}|{_cpu_name()}|threads{torch.get_num_threads()}|torch{torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _read_choices(cache: Path) -> dict:
+    """The file's choices; an unreadable or malformed file counts as empty (it is rewritten after measuring)."""
+    try:
+        choices = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(choices, dict):
+        return {}
+    return {k: v for k, v in choices.items() if isinstance(v, dict) and isinstance(v.get("int8"), bool)}
+
+
+def _remember(cache: Path, key: str, choice: dict) -> None:
+    """Add one choice, written whole to a temporary file and renamed: a reader never sees half a file. Failing to
+    write (a read-only home) only means measuring again next time."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        choices = _read_choices(cache)
+        choices[key] = choice
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
+        os.replace(tmp, cache)
+    except OSError:
+        pass
 
 
 def _step_ms(lm, warm: int = 2, timed: int = 7) -> float:

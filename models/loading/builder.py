@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from segue.models.errors import ModelFileError, SegueError
-from segue.models.lm.quant import int8_is_faster, int8_supported
+from segue.models.lm.quant import auto_cache_path, int8_is_faster, int8_supported
 from segue.models.loading import audiocraft_format as ac
 from segue.models.loading import transformers_format as tf
 from segue.models.loading.demo import DEMO_CODEC, DEMO_SEED, build_demo, random_codec
@@ -90,8 +90,9 @@ def load_model(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype 
     into the HF cache).
 
     The LM runs in `dtype` (INT8: float32 weights, its step projections quantized at load; AUTO on a CPU: int8
-    where its step measures at least 1.2x faster than float32's here, else float32); the codec and T5 stay in
-    float32. `lm.precision` says which.
+    where its step measures at least 1.2x faster than float32's here, else float32, measured once per machine and
+    model shape and remembered in `auto_cache_path()`, so the same seed keeps giving the same take); the codec and
+    T5 stay in float32. `lm.precision` says which.
     """
     device = torch.device(device)
     auto = dtype == AUTO
@@ -124,7 +125,7 @@ def load_model(ref: str, device: torch.device | str = "cpu", dtype: torch.dtype 
     if int8:
         lm.quantize_int8()
     elif auto:
-        int8_is_faster(lm)
+        int8_is_faster(lm, cache=auto_cache_path())
     return MusicGen(codec.to(device), lm, text.to(device), info)
 
 

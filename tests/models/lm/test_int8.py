@@ -9,6 +9,7 @@ int8 is not bit-equal to float32: each projection's weight is rounded to 8 bits 
 """
 
 import copy
+import json
 
 import pytest
 import torch
@@ -92,13 +93,57 @@ def test_auto_keeps_int8_only_where_it_measures_faster():
         return lambda lm: int8_ms if lm.int8 is not None else float_ms
 
     lm = random_lm(TINY, 2)
-    assert int8_is_faster(lm, timer(10.0, 5.0)) and lm.precision == "int8"
+    assert int8_is_faster(lm, timer(10.0, 5.0), min_bytes=0) and lm.precision == "int8"
     lm.drop_int8()
-    assert not int8_is_faster(lm, timer(1.0, 1.0 / INT8_MARGIN * 1.01)) and lm.precision == "float32"
+    assert not int8_is_faster(lm, timer(1.0, 1.0 / INT8_MARGIN * 1.01), min_bytes=0) and lm.precision == "float32"
     assert lm.int8 is None and lm.int8_heads is None
     # musicgen-small's layer shapes: the weights' reads dominate, and int8 wins by far (5x at the full shape here)
     small = random_lm(SMALL, 2)
     assert int8_is_faster(small) and small.precision == "int8"
+
+
+def test_auto_keeps_a_small_lm_in_float32_without_timing_it():
+    """A timer that would pick int8 is never asked for the tiny LM: a busy moment cannot change its dtype."""
+    from segue.models.lm.quant import int8_is_faster
+
+    def timer(lm):
+        raise AssertionError("a small LM is not timed")
+
+    lm = random_lm(TINY, 2)
+    assert not int8_is_faster(lm, timer) and lm.precision == "float32"
+
+
+def test_auto_measures_once_per_machine_and_remembers(tmp_path):
+    """The second load reads the first one's choice, even where a new measurement would disagree (same seed, same
+    take); another thread count is another machine; a damaged file is measured again and rewritten."""
+    from segue.models.lm.quant import int8_is_faster
+
+    cache = tmp_path / "c" / "dtype_auto.json"
+    calls = []
+
+    def timer(float_ms, int8_ms):
+        def step_ms(lm):
+            calls.append(lm.precision)
+            return int8_ms if lm.int8 is not None else float_ms
+        return step_ms
+
+    assert int8_is_faster(random_lm(TINY, 2), timer(10.0, 5.0), cache, min_bytes=0)
+    assert calls == ["float32", "int8"]
+    (choice,) = json.loads(cache.read_text()).values()
+    assert choice["int8"] is True and choice["float32_ms"] == 10.0 and choice["int8_ms"] == 5.0
+    lm = random_lm(TINY, 2)
+    assert int8_is_faster(lm, timer(1.0, 5.0), cache, min_bytes=0) and lm.precision == "int8"
+    assert len(calls) == 2  # not measured again
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert not int8_is_faster(random_lm(TINY, 2), timer(1.0, 5.0), cache, min_bytes=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 2
+    cache.write_text("{not json")
+    assert not int8_is_faster(random_lm(TINY, 2), timer(1.0, 5.0), cache, min_bytes=0)
+    assert len(calls) == 6 and len(json.loads(cache.read_text())) == 1
 
 
 def test_auto_on_a_cpu_is_measured_at_load():
@@ -106,5 +151,5 @@ def test_auto_on_a_cpu_is_measured_at_load():
 
     assert resolve_dtype("auto", torch.device("cpu")) == "auto"
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    model = load_model("demo", "cpu", "auto")
-    assert model.lm.precision in ("float32", "int8") and model.lm.dtype == torch.float32
+    model = load_model("demo", "cpu", "auto")  # too small for int8 to pay (quant.AUTO_MIN_BYTES)
+    assert model.lm.precision == "float32" and model.lm.dtype == torch.float32
