@@ -80,15 +80,21 @@ def test_a_tempo_lands_its_bar_lines_within_a_millisecond(rig, latency):
 def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says(rig, latency):
     """Seven times: a `continue` (the engine encodes two bars and prefills the LM: 30-60 ms here), a `tempo` 2 ms
     later that moves the bar lines by whole beats, then a take on the next bar line. Anchored when the engine got to
-    it, the tempo put them 29-33 ms late; stamped on arrival, every one lands within a block of the bar line, and
-    the continuation, queued on the old grid a moment before, follows the new one.
+    it, the tempo put them 29-33 ms late. Stamped on arrival:
 
-    How close: within 1 ms when the transport thread gets to the message at once (0.2-0.5 ms of delivery); on this
-    2-core box it waits 1.8-3.5 ms for the CPU or the interpreter in about half the trials while the engine sets up
-    the take, and the bar lines are that much late. At least one clean trial (the daemon's audio served every JACK
-    cycle in time: one it did not can cost a take its first block) must be within 1 ms."""
+    - the tempo's anchor (its `done` event's `at`) is the moment the transport read the message: a few ms after
+      the client sent it at most, never the engine's set-up time later;
+    - both takes, the continuation queued on the old grid a moment before and the take after, land on the bar lines
+      of that anchor within a block (the daemon's clock keeps to JACK's: every take's first sample is heard the
+      same number of frames after its clock sample);
+    - and where the transport thread got to the message at once (0.2-0.5 ms of delivery), within 1 ms of the beat
+      the client named. On a 2-core box the transport thread waits for the CPU or the interpreter in about half the
+      trials while the engine sets up the take: 1.8-3.5 ms here, 7.4 ms once in a CI run. That wait is the
+      scheduler's, so it is bounded loosely (a median within a block, every one under 21 ms); the exact checks are
+      the ones against the anchor. At least one clean trial (the daemon's audio served every JACK cycle in time:
+      one it did not can cost a take its first block) must be within 1 ms of the client's beat."""
     server, daemon, recorder, client, loop = rig
-    trials = []  # (queued take's error, later take's error, whether the daemon's audio kept every cycle)
+    trials = []
     for k in range(7):
         shift = 1.0 + k % 3  # the new bar lines can only come from this tempo
         time.sleep(0.3)
@@ -96,22 +102,41 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
         t0 = recorder.client.frame_time
         busy = client.request("continue", source="live", last_bars=2, bars=1, start="next_bar", seed=3)["id"]
         time.sleep(0.002)
-        client.request("tempo", **_tempo(latency, recorder, shift))
+        fields = _tempo(latency, recorder, shift)
+        sent = (fields["beat"] - shift) * BEAT  # the heard frame the client named, as it sent the message
+        tempo = client.wait(client.request("tempo", **fields)["id"], timeout=60)
         done = client.wait(busy, timeout=60)
         assert done["state"] == "done" and done["dropped"] == 0
-        queued = _phase(_first_loud(recorder, t0), shift)
+        queued_first = _first_loud(recorder, t0)
         t1 = recorder.last_frame
         after = client.wait(client.request("generate", bars=1, start="next_bar", seed=4)["id"], timeout=60)
         assert after["state"] == "done"
         first = _first_loud(recorder, t1)
         take, _ = sf.read(after["path"], dtype="float32", always_2d=True)
         recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
-        trials.append((queued, _phase(first, shift), audio_incidents(client) == incidents))
-    assert all(abs(e) <= PERIOD for q, a, _ in trials for e in (q, a)), trials
-    clean = [t for t in trials if t[2]]
-    assert clean, f"JACK ran cycles without the daemon in every trial: {trials}"
-    assert min(max(abs(t[0]), abs(t[1])) for t in clean) <= MS, f"no trial within 1 ms: {trials}"
+        trials.append(dict(tempo_at=tempo["at"], sent=sent, shift=shift, clean=audio_incidents(client) == incidents,
+                           takes=[(queued_first, _start(done)), (first, _start(after))]))
+    # Recorded frame - clock sample of each take's first sample: the same for every take the daemon served in time.
+    offsets = [f - s for t in trials for f, s in t["takes"]]
+    offset = float(np.median(offsets))
+    assert all(abs(o - offset) <= PERIOD for o in offsets), f"clock -> JACK offsets {offsets}"
+    rows = []
+    for t in trials:
+        late = t["tempo_at"] + offset - t["sent"]  # how long after the client's send the transport stamped it
+        errors = [_phase(f, t["shift"]) for f, _ in t["takes"]]  # from the client's bar lines
+        rows.append((round(late), errors, t["clean"]))
+        assert -MS <= late <= 4 * PERIOD, f"the tempo was anchored {late:.0f} samples after it was sent: {rows}"
+        assert all(abs(e - late) <= PERIOD for e in errors), f"takes off the anchor's bar lines: {rows}"
+    assert float(np.median([r[0] for r in rows])) <= PERIOD, rows
+    clean = [r for r in rows if r[2]]
+    assert clean, f"JACK ran cycles without the daemon in every trial: {rows}"
+    assert min(max(abs(e) for e in r[1]) for r in clean) <= MS, f"no trial within 1 ms: {rows}"
     _back_to_the_song(latency, recorder, client)
+
+
+def _start(done: dict) -> int:
+    """The clock sample a take started on (its sidecar's; a queued take moved to a new grid says where it went)."""
+    return json.loads(Path(done["path"].replace(".wav", ".json")).read_text())["start"]
 
 
 def test_a_take_queued_for_the_next_bar_follows_a_grid_that_moves_before_it_starts(rig, latency):
