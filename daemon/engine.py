@@ -553,8 +553,7 @@ class Engine:
             self.emit(dict(event="progress", id=run.id, generated_s=round(generated / self.sr, 3),
                            played_s=round(max(0, self.audio.bus.read_pos - run.voice.start) / self.sr, 3)))
         if self.cfg.pace == "asap":
-            run.voice.pos = run.voice.queued_end
-            run.voice.chunks.clear()
+            run.voice.skip_queued()
 
     def _learn_lag(self, run: Run) -> None:
         if run.lag is not None and run.first_audio is not None and self.cfg.pace != "asap":
@@ -588,7 +587,11 @@ class Engine:
         if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded
             keep = max(0, v.stop_at + v.fade_out - v.start)
             cut = (keep, min(v.fade_out, keep), self._frames_for(keep, run.take.model) if keep else 0)
+        if v.dropped:  # where it ran dry tells a slow model (its start) from a stalled engine (its middle)
+            log.warning("take %d dropped %d samples, the first %.3f s into it", run.id, v.dropped,
+                        v.first_drop / self.sr)
         run.files.close(cut, state=state, dropped=v.dropped, changes=run.changes,
+                        dropped_at_s=None if v.first_drop is None else round(v.first_drop / self.sr, 4),
                         first_audio_s=None if run.first_audio is None else round(run.first_audio - run.created, 4))
         self._changed = True
         self.closing.append((run.files, dict(event="done", id=run.id, state=state, path=str(run.files.wav_path),

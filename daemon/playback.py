@@ -33,16 +33,25 @@ class Voice:
         self.chunks: deque[np.ndarray] = deque()
         self.head = 0  # samples of chunks[0] already consumed
         self.queued_end = start  # clock sample after the last queued one
+        self.queued = 0  # samples in `chunks` not yet taken
         self.pos = start  # next clock sample the mixer takes from this voice
         self.complete = False  # nothing more will be queued
         self.stop_at: int | None = None
         self.fade_out = 0
         self.dropped = 0  # samples that came after their time (the take ran dry there)
+        self.first_drop: int | None = None  # samples into the take where the first of them was due
 
     def push(self, pcm: np.ndarray) -> None:
         if len(pcm):
             self.chunks.append(pcm)
             self.queued_end += len(pcm)
+            self.queued += len(pcm)
+
+    def skip_queued(self) -> None:
+        """Count everything queued as played (rendering without playback: `pace asap`)."""
+        self.chunks.clear()
+        self.head = self.queued = 0
+        self.pos = self.queued_end
 
     def stop(self, at: int, fade: int) -> None:
         """Fade out over `fade` samples from clock sample `at` (an earlier stop wins). A stop at or before the
@@ -93,6 +102,7 @@ class Voice:
             k = min(need, len(c) - self.head)
             parts.append(c[self.head : self.head + k])
             self.head += k
+            self.queued -= k
             need -= k
             if self.head == len(c):
                 self.chunks.popleft()
@@ -101,15 +111,29 @@ class Voice:
             return np.zeros((0, 0), np.float32)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def _drop(self, n: int, at: int) -> None:
+        if n > 0 and self.first_drop is None:
+            self.first_drop = at - self.start
+        self.dropped += max(n, 0)
+
+    def _discard_before(self, t: int) -> None:
+        """Queued samples due before clock sample `t` came after their time: they are thrown away, so that what
+        comes next plays at its own time and the take stays on the grid (played late, everything after a dropout
+        would lag by it, and the take's tail would be cut at its end)."""
+        head = self.queued_end - self.queued  # clock sample of the queue's first sample
+        if head < t:
+            self._take(min(t - head, self.queued))
+
     def render(self, out: np.ndarray, at: int) -> bool:
-        """Add this voice's samples for clock [at, at + len(out)) into `out`; True if it made any sound."""
+        """Add this voice's samples for clock [at, at + len(out)) into `out`; True if it made any sound. Samples
+        that were not there in time are counted in `dropped` and never played later."""
         n = len(out)
-        if at > self.pos:  # the mixer moved on without this voice: those samples are lost
-            lost = self._take(at - self.pos)
-            self.dropped += len(lost)
-            self.pos = at
-        lo = max(at, self.pos)
         end = self.end
+        if at > self.pos:  # the mixer moved on without this voice: those samples are lost
+            self._drop((at if end is None else min(at, end)) - self.pos, self.pos)
+            self.pos = at
+        self._discard_before(self.pos)
+        lo = max(at, self.pos)
         hi = at + n if end is None else min(at + n, end)
         if hi <= lo:
             return False
@@ -117,7 +141,7 @@ class Voice:
         got = len(pcm)
         self.pos = hi
         if got < hi - lo:
-            self.dropped += hi - lo - got
+            self._drop(hi - lo - got, lo + got)
         if not got:
             return False
         seg = out[lo - at : lo - at + got]

@@ -97,7 +97,36 @@ def test_late_voice_is_dropped_not_waited_for():
     assert bus.filled > bus.read_pos  # it went on without the late voice
     late.push(np.ones((5000, 1), np.float32))
     mixer.mix(2000)
-    assert late.dropped > 0
+    assert late.dropped > 0 and late.first_drop < 2000  # it ran dry at its start
+
+
+def test_a_voice_that_runs_dry_stays_on_its_timeline():
+    """Audio that comes after its time is thrown away, not played late: what follows a dropout sounds at its own
+    clock samples, the take ends where it should, and the dropout is counted from where it began."""
+    bus = MixBus(1, 48000)
+    mixer = Mixer(bus, guard=256, max_horizon=24000)
+    v = Voice(1, 0, start=1000)
+    ramp_ = np.arange(10000, dtype=np.float32)[:, None] + 1.0  # sample i of the take is i + 1
+    v.push(ramp_[:3000])
+    mixer.voices.append(v)
+    mixer.mix(4000)
+    heard = np.zeros((20 * 256, 1), np.float32)
+    for k in range(20):  # the playhead runs past what the voice had queued
+        bus.play(heard[k * 256 : (k + 1) * 256])
+        mixer.mix(4000)
+    v.push(ramp_[3000:])
+    v.complete = True
+    rest = np.zeros((48 * 256, 1), np.float32)
+    for k in range(48):
+        mixer.mix(4000)
+        bus.play(rest[k * 256 : (k + 1) * 256])
+    played = np.concatenate([heard, rest])[:, 0]  # clock samples 0 .. 17408
+    assert v.first_drop == 3000 and v.dropped > 0
+    sounding = np.flatnonzero(played)
+    assert sounding[0] == 1000 and sounding[-1] == 1000 + 10000 - 1  # it ends where it should
+    # every sample that sounded is the one due at that clock sample
+    assert np.array_equal(played[sounding], sounding - 1000 + 1.0)
+    assert len(sounding) + v.dropped == 10000
 
 
 def test_silence_ahead_of_the_playhead_is_mixed_again_for_a_new_voice():
