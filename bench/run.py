@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import batch_speed  # noqa: E402
 import codec_speed  # noqa: E402
+import cpu_load  # noqa: E402
 import daemon_latency  # noqa: E402
 import fuzz as daemon_fuzz  # noqa: E402
 import lm_speed  # noqa: E402
@@ -229,7 +230,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
     ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz"], default=None,
+    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load"], default=None,
                     help="measure one section again; the others are kept from bench/last_run.json")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
     ap.add_argument("--dtypes", default=None, help="LM dtypes to measure, comma-separated (default: all)")
@@ -302,7 +303,7 @@ def _batch(quick: bool) -> list[dict]:
     return rows
 
 
-SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure}
+SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure, "load": cpu_load.measure}
 
 
 def _section_info(sec: dict, info: dict) -> str:
@@ -317,7 +318,7 @@ def render_daemon(sec: dict, info: dict) -> list[str]:
     lines = ["", "## The daemon: trigger -> first sound, and headroom (demo model, CPU)", "",
              _section_info(sec, info) +
              f"`bench/daemon_latency.py`: a real `jackd -d dummy` ({lat['rate']} Hz, {lat['period']}-frame periods), "
-             "`segue serve --model demo` on it through PortAudio (audio worker process; the model on every core but one), "
+             "`segue serve --model demo` on it through PortAudio (audio worker process; the model on half the CPUs, one here), "
              "a JACK client recording "
              "its output. Each trigger reads JACK's frame clock and sends `generate start=now`; latency is the "
              "first non-silent recorded frame, in the JACK graph (the sound card adds JACK's playback latency, "
@@ -346,6 +347,30 @@ def render_batch(sec: dict, info: dict) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['takes']} | {r['one_by_one_ms']:.1f} | "
               f"{r['batched_ms']:.1f} | **{r['ratio']:.2f}x** |" for r in sec["result"]]
+    return lines
+
+
+def render_load(sec: dict, info: dict) -> list[str]:
+    rows = sec["result"]
+    loads = sorted({r["hogs"] for r in rows})
+    lines = ["", "## A busy machine: LM steps while other processes hold the CPUs", "",
+             _section_info(sec, info) +
+             "`bench/cpu_load.py`: one CFG stream stepped for a few seconds (`MusicGenStream.step`: sampling and "
+             "the delay pattern included) in a fresh process, while N processes spin (`while True: pass`, not "
+             "pinned, as a DAW's threads are not). ms per step; libgomp's default wait policy (spin, then sleep) "
+             "and `OMP_WAIT_POLICY=PASSIVE` (sleep at once). segue's default is half the CPUs, at least one "
+             "thread (daemon/cpu.py).", "",
+             "| model | threads | wait policy | " + " | ".join(f"{n} busy" for n in loads) + " |",
+             "|---|---|---|" + "---|" * len(loads)]
+    keys = sorted({(r["model"], r["threads"], r["policy"]) for r in rows},
+                  key=lambda k: (cpu_load.MODELS.index(k[0]), k[1], list(cpu_load.POLICIES).index(k[2])))
+    for model, threads, policy in keys:
+        cells = []
+        for n in loads:
+            r = next((r for r in rows if (r["model"], r["threads"], r["policy"], r["hogs"]) == (model, threads,
+                                                                                                policy, n)), None)
+            cells.append("-" if r is None else f"{r['ms_per_step']:.1f}")
+        lines.append(f"| {model} | {threads} | {policy} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -539,7 +564,7 @@ def render_fuzz(sec: dict, info: dict) -> list[str]:
             f"ZeroMQ answers by code: {codes} (none `internal`)."]
 
 
-def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None) -> str:
+def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -559,6 +584,8 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None) -
         lines += render_batch(batch, info)
     if fuzz:
         lines += render_fuzz(fuzz, info)
+    if load:
+        lines += render_load(load, info)
     lines += ["", "## Not measured", ""] + [f"- {s}" for s in lm["skipped"]]
     lines += ["", "## Reading the numbers", ""] + _reading(lm["rows"])
     return "\n".join(lines) + "\n"

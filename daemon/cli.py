@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help=f"random seed, {_bounds('seed')} (default: a fresh one, printed)")
     g.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: torch's, all cores; with --from-take: the take's). The "
+                   help="torch CPU threads (default: half the CPUs, as the daemon; with --from-take: the take's). The "
                         "tokens past a re-prompt depend on it")
     g.add_argument("--from-take", default=None, metavar="NNNN-cmd.json",
                    help="render a daemon take again from its sidecar: same model, dtype, device, threads, seed, "
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="follow a tempo leader: link (join the Ableton Link session) or jack (JACK transport); "
                         "default none (tempo from commands and MIDI clock)")
     s.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads (default: all cores but one, left to the audio)")
+                   help="torch CPU threads (default: half the CPUs, the rest left to the DAW and the audio; see README, "
+                        "Busy machines)")
     s.add_argument("--takes", default=None, metavar="DIR", help="where takes are written (default ./takes)")
     s.add_argument("--allow", action="append", default=None, metavar="DIR",
                    help="a folder `continue source=file` may read (repeatable; the takes folder always)")

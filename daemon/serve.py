@@ -41,7 +41,7 @@ class ServeSettings:
     midi_api: str = "auto"  # jack, alsa or auto (ALSA when its sequencer exists, else JACK)
     midi_map: str | None = None  # TOML mapping (default: the one shipped with segue)
     sync: str = "none"  # tempo leader: "link" (Ableton Link), "jack" (JACK transport) or "none"
-    threads: int | None = None  # torch CPU threads; default: every core but one, which is left to the audio
+    threads: int | None = None  # torch CPU threads; default: half the CPUs (daemon/cpu.py)
     takes: str = "takes"
     allow: tuple[str, ...] = ()
     pace: str = "realtime"
@@ -145,12 +145,13 @@ def osc_address(text: str) -> tuple[str, int]:
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
     import torch
 
+    from segue.daemon.cpu import default_threads
     from segue.daemon.model_slot import checked_load, client_fetch
     from segue.models.loading.builder import load_model, parse_device, resolve_dtype
 
-    # The audio callback (and JACK, and the other clients) must find a core free when its deadline comes: on a CPU
-    # box the model gets every core but one.
-    torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 2) - 1))
+    # The audio callback (and JACK, the DAW, the other clients) must find a core free when its deadline comes, and
+    # the model's threads must not wait for cores others hold (daemon/cpu.py).
+    torch.set_num_threads(s.threads or default_threads())
     device = parse_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
     # What can fail on the user's settings fails now, before minutes of loading: the takes folder, the sockets.
@@ -198,7 +199,7 @@ def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) ->
             t.start()
         st = audio.status()
         ready(f"segue ready: model {model.info.ref} ({model.info.kind}, {model.sample_rate} Hz) on {model.device}, "
-              f"LM {model.lm.precision}"
+              f"LM {model.lm.precision}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}"
               f" | audio {st['audio_device']} {audio.sample_rate} Hz, block {audio.block}, "
               f"latency out {1000 * audio.output_latency / audio.sample_rate:.1f} ms "
               f"in {1000 * audio.input_latency / audio.sample_rate:.1f} ms"

@@ -39,6 +39,24 @@ def test_generate_writes_only_new_audio_and_codes(generated):
     assert "seed 3" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_generate_runs_on_the_daemons_default_threads(generated):
+    """Half the CPUs, at least one (daemon/cpu.py); the daemon's ready line and sidecars: test_serve.py."""
+    from segue.daemon.cpu import default_threads
+
+    threads = default_threads()
+    assert f"{threads} thread{'s' if threads != 1 else ''})" in generated[1].stderr, generated[1].stderr
+
+
+def test_the_default_threads_are_half_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from segue.daemon import cpu
+
+    for cpus, threads in ((1, 1), (2, 1), (3, 1), (4, 2), (16, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)))
+        assert cpu.default_threads() == threads
+
+
 def test_same_seed_same_take(generated, tmp_path):
     d, _ = generated
     r = run("generate", "--model", "demo", "--prompt", "dub techno", "--duration", "2", "--seed", "3",

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 import pytest
+
+from segue.daemon.cpu import default_threads
 import soundfile as sf
 from pythonosc.osc_packet import OscPacket
 
@@ -158,6 +160,9 @@ def test_sigterm_finalizes_takes_and_exits_cleanly(tmp_path):
     (meta_path,) = (tmp_path / "takes").glob("*.json")
     meta = json.loads(meta_path.read_text())
     assert meta["state"] == "stopped"
+    # `segue generate`'s default thread count (test_cli.py), said in the ready line and kept with the take
+    threads = default_threads()
+    assert meta["threads"] == threads and f", {threads} thread" in daemon.ready_line
     pcm, sr = sf.read(str(tmp_path / "takes" / meta["wav"]), dtype="float32", always_2d=True)
     assert sr == 48000 and len(pcm) == meta["samples"] > 0
     codes = np.load(tmp_path / "takes" / meta["codes"])
