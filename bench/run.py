@@ -564,7 +564,33 @@ def render_fuzz(sec: dict, info: dict) -> list[str]:
             f"ZeroMQ answers by code: {codes} (none `internal`)."]
 
 
-def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None) -> str:
+def render_gpu(sec: dict | None, info: dict) -> list[str]:
+    lines = ["", "## GPU check (bench/gpu_check.sh)", ""]
+    if sec is None:
+        return lines + ["Not run yet: no GPU has been lent to a session since the check was written. "
+                        "`bash bench/gpu_check.sh` on a CUDA machine runs the CUDA tests and fills this section."]
+    r = sec["result"]
+    lines += [_section_info(sec, info) + f"One run, {r['seconds']} s. LM: one CFG stream, random weights, ms per "
+              "step over a device-synchronized run; CUDA graphs on and off.", "",
+              "| shape | dtype | eager ms/step | graph ms/step | real time (graph) |", "|---|---|---|---|---|"]
+    for x in r["lm"]:
+        g = x["graph_ms"]
+        lines.append(f"| {x['shape']} | {x['dtype']} | {x['eager_ms']:.2f} | {_f(g, '.2f')} | "
+                     f"{'-' if g is None else f'{20.0 / g:.1f}x'} |")
+    lines += ["", "Streams stepped together (`step_streams`, one LM call per round):", "",
+              "| shape | streams | ms per round | ms per stream-step |", "|---|---|---|---|"]
+    lines += [f"| {b['shape']} | {b['streams']} | {b['round_ms']:.2f} | {b['round_ms'] / b['streams']:.2f} |"
+              for b in r["batch"]]
+    d = r["daemon"]
+    lines += ["", f"int8: {r['int8']}.", "",
+              f"The daemon (`{d['ready'][:160]}`): trigger -> first sound on the daemon's clock (its scheduled first "
+              f"sample; a sound card adds its output latency) over {d['triggers']} one-second takes: p50 "
+              f"**{d['p50_ms']:.1f} ms**, p99 **{d['p99_ms']:.1f} ms** (min {d['min_ms']:.1f}, max "
+              f"{d['max_ms']:.1f}); samples dropped: {d['dropped']}."]
+    return lines
+
+
+def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None, gpu=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -586,6 +612,7 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, l
         lines += render_fuzz(fuzz, info)
     if load:
         lines += render_load(load, info)
+    lines += render_gpu(gpu, info)
     lines += ["", "## Not measured", ""] + [f"- {s}" for s in lm["skipped"]]
     lines += ["", "## Reading the numbers", ""] + _reading(lm["rows"])
     return "\n".join(lines) + "\n"
