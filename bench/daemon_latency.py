@@ -30,30 +30,47 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def latency(triggers: int = 25) -> dict:
+def latency(triggers: int = 25, model: str = "demo", extra: tuple[str, ...] = (), take_s: float = 0.25,
+            long_bars: int = 0) -> dict:
+    """Trigger -> first sound over `triggers` takes of `take_s` seconds; with `long_bars`, then one take of that
+    many bars (120 bpm) that must play whole: its trigger -> first sound, underruns and dropped samples."""
     server = JackServer(RATE, PERIOD)
     server.start()
     daemon = recorder = client = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             daemon = Daemon(Path(tmp), ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size",
-                                        str(PERIOD)], env=server.env)
-            recorder = Recorder(server, seconds=30 + triggers * 1.5)
+                                        str(PERIOD), *extra], env=server.env, model=model)
+            recorder = Recorder(server, seconds=30 + triggers * (1.5 + 2 * take_s) + 6 * long_bars)
             recorder.connect(server.ports("PortAudio:out"))
             client = Client(daemon.endpoint, daemon.pub, timeout=30)
             status = client.request("status")["status"]
             lat, leads = [], []
             for i in range(triggers):
                 t0 = recorder.client.frame_time
-                rid = client.request("generate", seconds=0.25, start="now", seed=i)["id"]
+                rid = client.request("generate", seconds=take_s, start="now", seed=i)["id"]
                 leads.append(client.wait(rid, "queued")["lead_s"])
                 client.wait(rid)
                 recorder.wait_for(recorder.client.frame_time + 2 * PERIOD)
                 first, _ = recorder.loud_span(t0, recorder.last_frame)
                 lat.append(1000 * (first - t0) / RATE)
                 time.sleep(0.2)
+            long = None
+            if long_bars:
+                client.request("tempo", bpm=120, beats_per_bar=4)
+                before = client.request("status")["status"]["audio"]
+                t0 = recorder.client.frame_time
+                rid = client.request("generate", bars=long_bars, start="now", seed=99)["id"]
+                queued = client.wait(rid, "queued")
+                done = client.wait(rid, timeout=600)
+                recorder.wait_for(recorder.client.frame_time + 2 * PERIOD)
+                first, _ = recorder.loud_span(t0, recorder.last_frame)
+                end = client.request("status")["status"]["audio"]
+                long = dict(bars=long_bars, seconds=done["samples"] / RATE, first_sound_ms=1000 * (first - t0) / RATE,
+                            held_back_s=queued["held_back_s"], lead_s=queued["lead_s"], dropped=done["dropped"],
+                            underruns=end["underruns"] - before["underruns"], xruns=end["xruns"] - before["xruns"])
             after = client.request("status")["status"]["audio"]
-            return dict(triggers=triggers, all_ms=[round(x, 1) for x in lat], p50_ms=statistics.median(lat), p99_ms=_percentile(lat, 0.99),
+            return dict(triggers=triggers, take_s=take_s, ready=daemon.ready_line.strip(), long=long, all_ms=[round(x, 1) for x in lat], p50_ms=statistics.median(lat), p99_ms=_percentile(lat, 0.99),
                         min_ms=min(lat), max_ms=max(lat), lead_ms=1000 * statistics.median(leads),
                         playback_latency_ms=1000 * server.playback_latency() / RATE,
                         first_chunk_ms=1000 * status["first_chunk_s"], horizon_ms=status["horizon_ms"],
@@ -86,6 +103,20 @@ def headroom(seconds: float = 10.0, counts: tuple[int, ...] = (1, 2, 4)) -> list
             client.close()
             daemon.stop()
     return rows
+
+
+def realtime_int8(quick: bool = False) -> dict:
+    """The daemon on musicgen-small's shapes (random weights, transformers' layout) with the LM in int8 on the
+    CPU: trigger -> first sound over 1 s takes, then an 8-bar take that must play whole."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import lm_speed
+
+    support = lm_speed._support()
+    with tempfile.TemporaryDirectory(prefix="segue-small-") as tmp:
+        model, tok = lm_speed.build_reference("small")
+        folder = support.save_musicgen(model, tok, Path(tmp))
+        del model
+        return latency(4 if quick else 10, str(folder), ("--dtype", "int8"), take_s=1.0, long_bars=2 if quick else 8)
 
 
 def measure(quick: bool = False) -> dict:

@@ -227,11 +227,14 @@ def _busy(rows: list[dict]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small shape, short takes")
-    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report (default: BENCHMARKS.md)")
     ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load"], default=None,
-                    help="measure one section again; the others are kept from bench/last_run.json")
+    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load", "daemon_int8"], default=None,
+                    help="measure one section again, the others kept from bench/last_run.json: lm (LM steps against "
+                         "transformers), daemon (trigger -> first sound on JACK, demo model), batch (streams stepped "
+                         "together), fuzz (malformed requests), load (LM steps while other processes hold the "
+                         "CPUs), daemon_int8 (the daemon on small shapes in int8)")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
     ap.add_argument("--dtypes", default=None, help="LM dtypes to measure, comma-separated (default: all)")
     ap.add_argument("--wait-quiet", type=float, default=900, metavar="S",
@@ -303,7 +306,8 @@ def _batch(quick: bool) -> list[dict]:
     return rows
 
 
-SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure, "load": cpu_load.measure}
+SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure, "load": cpu_load.measure,
+            "daemon_int8": daemon_latency.realtime_int8}
 
 
 def _section_info(sec: dict, info: dict) -> str:
@@ -347,6 +351,25 @@ def render_batch(sec: dict, info: dict) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['device']} | {r['dtype']} | {r['takes']} | {r['one_by_one_ms']:.1f} | "
               f"{r['batched_ms']:.1f} | **{r['ratio']:.2f}x** |" for r in sec["result"]]
+    return lines
+
+
+def render_daemon_int8(sec: dict, info: dict) -> list[str]:
+    r = sec["result"]
+    lines = ["", "## The daemon at musicgen-small's shapes, LM in int8, on the CPU", "",
+             _section_info(sec, info) +
+             f"`bench/daemon_latency.py` (`realtime_int8`): the JACK rig of the section above, `segue serve --dtype "
+             f"int8` on a small-shaped model (random weights saved in transformers' layout). Ready line: "
+             f"`{r['ready'][:150]}`.", "",
+             f"Trigger -> first sound over {r['triggers']} takes of {r['take_s']:g} s: p50 **{r['p50_ms']:.0f} ms**, "
+             f"p99 **{r['p99_ms']:.0f} ms** (min {r['min_ms']:.0f}, max {r['max_ms']:.0f}; pacing lead "
+             f"{r['lead_ms']:.0f} ms median); underruns {r['underruns']}, xruns {r['xruns']}."]
+    long = r.get("long")
+    if long:
+        lines += ["", f"One {long['bars']}-bar take at 120 bpm ({long['seconds']:.1f} s): first sound after "
+                      f"{long['first_sound_ms'] / 1000:.2f} s (held back {long['held_back_s']:.2f} s so that it never "
+                      f"runs dry, lead {long['lead_s']:.2f} s), dropped samples {long['dropped']}, underruns "
+                      f"{long['underruns']}, xruns {long['xruns']}."]
     return lines
 
 
@@ -590,7 +613,8 @@ def render_gpu(sec: dict | None, info: dict) -> list[str]:
     return lines
 
 
-def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None, gpu=None) -> str:
+def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None, gpu=None,
+           daemon_int8=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -610,6 +634,8 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, l
         lines += render_batch(batch, info)
     if fuzz:
         lines += render_fuzz(fuzz, info)
+    if daemon_int8:
+        lines += render_daemon_int8(daemon_int8, info)
     if load:
         lines += render_load(load, info)
     lines += render_gpu(gpu, info)

@@ -18,7 +18,7 @@ import torch
 
 from segue.daemon.cli import DEFAULT_DURATION, DEFAULT_PROMPT_SECONDS
 from segue.daemon.codes_file import CodesLayout, check_fit, decode_codes, read_codes, sidecar_path, write_codes
-from segue.daemon.cpu import default_threads
+from segue.daemon.cpu import default_threads, oversubscribed
 from segue.daemon.outputs import codes_outputs, output_file, refuse_overwrites
 from segue.daemon.vocabulary import CommandError, check_number, check_value
 from segue.models.audio import AudioWriter, read_audio, to_model_audio
@@ -105,6 +105,8 @@ def generate(args: argparse.Namespace) -> None:
     out, codes_out = _outputs(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+        if (warning := oversubscribed(args.threads)) is not None:
+            log.warning("%s", warning)
     elif args.from_take is None:
         torch.set_num_threads(default_threads())  # the daemon's own default: a take renders the same with either
     if args.from_take is not None:

@@ -14,7 +14,7 @@ With OMP_WAIT_POLICY=PASSIVE two threads collapse less (small: 32-35 ms with one
 than one even on an idle machine (36-49 ms: a futex wake per op). So the model gets half the CPUs this process may
 use, at least one: the other half is left to the DAW and the audio. An idle 2-core box gives up about a fifth of
 the int8 step's speed for a step that slows down in proportion to the load and never collapses.
-`--threads` (and OpenMP's own environment variables) override it.
+`--threads` overrides it, and so does OMP_NUM_THREADS where it is set to a positive number.
 """
 
 from __future__ import annotations
@@ -31,5 +31,19 @@ def usable_cpus() -> int:
 
 
 def default_threads() -> int:
-    """Torch CPU threads for the model: half of `usable_cpus()`, at least 1 (see the module's docstring)."""
+    """Torch CPU threads for the model: OMP_NUM_THREADS where it is a positive number, else half of
+    `usable_cpus()`, at least 1 (see the module's docstring)."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     return max(1, usable_cpus() // 2)
+
+
+def oversubscribed(threads: int) -> str | None:
+    """A warning when `threads` is more than the CPUs this process may use (their barriers then wait for each other
+    at every op), else None."""
+    cpus = usable_cpus()
+    if threads <= cpus:
+        return None
+    return (f"{threads} threads for the model, but this process may use {cpus} CPU{'s' if cpus != 1 else ''}: "
+            f"each op waits for threads that have no CPU; {default_threads()} is the default here")

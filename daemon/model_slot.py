@@ -76,7 +76,8 @@ class Loaded:
         streams = sum(_stream_bytes(s) for s in self.pool)
         return dict(model=m.info.ref, kind=m.info.kind, layout=m.info.layout, sample_rate=m.sample_rate,
                     channels=m.channels, codebooks=m.lm.cfg.n_q, device=str(m.device),
-                    dtype=m.lm.precision, weights_mb=round(self.weight_bytes / 2**20, 1),
+                    dtype=m.lm.precision, threads=torch.get_num_threads() if m.device.type == "cpu" else None,
+                    weights_mb=round(self.weight_bytes / 2**20, 1),
                     idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3), lag_s=round(self.lag, 4),
                     load_s=round(self.load_s, 2), load_wait_s=round(self.load_wait_s, 2))
 

@@ -76,6 +76,11 @@ def _checked(key: str, v, where: str):
         return str(v)  # a device index
     if not isinstance(v, str):
         raise SettingsError(f"{where} must be text, got {type(v).__name__} {v!r}")
+    if key == "dtype":
+        from segue.models.loading.builder import AUTO, DTYPE_NAMES, DTYPES, INT8
+
+        if v.lower() not in (*DTYPES, AUTO, INT8):
+            raise SettingsError(f"{where} must be {DTYPE_NAMES}, got {v!r}")
     if key in CHOICES and v not in CHOICES[key]:
         raise SettingsError(f"{where} must be {', '.join(CHOICES[key][:-1])} or {CHOICES[key][-1]}, got {v!r}")
     return v
@@ -145,13 +150,15 @@ def osc_address(text: str) -> tuple[str, int]:
 def serve(s: ServeSettings, ready=print, stop: threading.Event | None = None) -> None:
     import torch
 
-    from segue.daemon.cpu import default_threads
+    from segue.daemon.cpu import default_threads, oversubscribed
     from segue.daemon.model_slot import checked_load, client_fetch
     from segue.models.loading.builder import load_model, parse_device, resolve_dtype
 
     # The audio callback (and JACK, the DAW, the other clients) must find a core free when its deadline comes, and
     # the model's threads must not wait for cores others hold (daemon/cpu.py).
     torch.set_num_threads(s.threads or default_threads())
+    if s.threads and (warning := oversubscribed(s.threads)) is not None:
+        log.warning("%s", warning)
     device = parse_device(s.device)
     dtype = resolve_dtype(s.dtype, device)
     # What can fail on the user's settings fails now, before minutes of loading: the takes folder, the sockets.

@@ -15,6 +15,7 @@ tensors deprecated in favour of torchao: they are touched only here, at load, wi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class Int8Linear:
@@ -122,10 +125,13 @@ def _cpu_name() -> str:
 
 
 def _read_choices(cache: Path) -> dict:
-    """The file's choices; an unreadable or malformed file counts as empty (it is rewritten after measuring)."""
+    """The file's choices; anything but a regular file of well-formed choices counts as empty (a FIFO is never
+    opened: it would block the load; a damaged file is rewritten after measuring)."""
     try:
+        if not cache.is_file():
+            return {}
         choices = json.loads(cache.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON (or not UTF-8), or nested past Python's limit
         return {}
     if not isinstance(choices, dict):
         return {}
@@ -133,17 +139,24 @@ def _read_choices(cache: Path) -> dict:
 
 
 def _remember(cache: Path, key: str, choice: dict) -> None:
-    """Add one choice, written whole to a temporary file and renamed: a reader never sees half a file. Failing to
-    write (a read-only home) only means measuring again next time."""
+    """Add one choice, written whole to a temporary file and renamed: a reader never sees half a file. Where it
+    cannot be kept, the user is told: `auto` then measures again at every load, and may choose differently."""
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         choices = _read_choices(cache)
         choices[key] = choice
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(choices, indent=1, sort_keys=True))
         os.replace(tmp, cache)
-    except OSError:
-        pass
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        log.warning("dtype auto chose %s but cannot keep that choice in %s (%s): it is measured again at every "
+                    "load and the same seed may then give another take; set SEGUE_CACHE_DIR to a writable folder, or "
+                    "pass --dtype %s", "int8" if choice["int8"] else "float32", cache, exc.strerror or exc,
+                    "int8" if choice["int8"] else "float32")
 
 
 def _step_ms(lm, warm: int = 2, timed: int = 7) -> float:

@@ -35,7 +35,10 @@ def parse_dtype(name: str) -> torch.dtype | str:
     try:
         return DTYPES[name.lower()]
     except KeyError:
-        raise SegueError(f"unknown dtype {name!r}; use float32, bfloat16, float16 or int8 (CPU)") from None
+        raise SegueError(f"unknown dtype {name!r}; use {DTYPE_NAMES}") from None
+
+
+DTYPE_NAMES = "auto, float32, bfloat16, float16 or int8 (CPU)"  # what --dtype takes, for messages
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype | str:

@@ -57,6 +57,23 @@ def test_the_default_threads_are_half_the_cpus_this_process_may_use(monkeypatch)
         assert cpu.default_threads() == threads
 
 
+def test_omp_num_threads_sets_the_default_and_too_many_threads_are_warned_about(monkeypatch, tmp_path):
+    import os
+
+    from segue.daemon import cpu
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "x")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert cpu.default_threads() == 1 and cpu.oversubscribed(2) is None and "may use 2 CPUs" in cpu.oversubscribed(3)
+    monkeypatch.undo()
+    too_many = cpu.usable_cpus() + 1
+    r = run("generate", "--model", "demo", "--prompt", "x", "--duration", "0.5", "--threads", too_many, "--out",
+            tmp_path / "o.wav")
+    assert r.returncode == 0 and f"{too_many} threads for the model, but this process may use" in r.stderr, r.stderr
+
+
 def test_same_seed_same_take(generated, tmp_path):
     d, _ = generated
     r = run("generate", "--model", "demo", "--prompt", "dub techno", "--duration", "2", "--seed", "3",

@@ -28,7 +28,8 @@ def test_flags_override_the_toml_file(tmp_path):
 
 @pytest.mark.parametrize("text, words", [("model = ", "not valid TOML"), ("volume = 3", "unknown setting"),
                                          ("pace = 'later'", "pace must be"), ("osc = 'nope'", "HOST:PORT"),
-                                         ("sync = 'ableton'", "sync must be")])
+                                         ("sync = 'ableton'", "sync must be"),
+                                         ("dtype = 'int4'", "segue.toml: dtype must be auto, float32, bfloat16")])
 def test_bad_config_is_one_clear_error(tmp_path, text, words):
     cfg = tmp_path / "segue.toml"
     cfg.write_text(text)

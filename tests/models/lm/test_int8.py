@@ -153,3 +153,32 @@ def test_auto_on_a_cpu_is_measured_at_load():
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     model = load_model("demo", "cpu", "auto")  # too small for int8 to pay (quant.AUTO_MIN_BYTES)
     assert model.lm.precision == "float32" and model.lm.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder", "deep", "not-utf8", "list"])
+def test_auto_survives_whatever_is_at_the_cache_path(tmp_path, kind, caplog):
+    """Never a hang, a traceback or a stray file: a FIFO is not opened (it would block the load), a folder cannot be
+    written over (the user is told the choice is not kept), JSON nested past Python's limit counts as empty."""
+    import os
+
+    from segue.models.lm.quant import int8_is_faster
+
+    cache = tmp_path / "dtype_auto.json"
+    if kind == "fifo":
+        os.mkfifo(cache)
+    elif kind == "folder":
+        cache.mkdir()
+    elif kind == "deep":
+        cache.write_text("[" * 200_000 + "]" * 200_000)
+    elif kind == "not-utf8":
+        cache.write_bytes(b"\xff\xfe{")
+    else:
+        cache.write_text("[]")
+    timer = lambda lm: 5.0 if lm.int8 is not None else 10.0  # noqa: E731
+    with caplog.at_level("WARNING"):
+        assert int8_is_faster(random_lm(TINY, 2), timer, cache, min_bytes=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["dtype_auto.json"]
+    if kind == "folder":
+        assert "cannot keep that choice" in caplog.text and "SEGUE_CACHE_DIR" in caplog.text
+    else:
+        assert cache.is_file() and json.loads(cache.read_text()) and not caplog.text
