@@ -485,12 +485,18 @@ class Engine:
             queued = v.queued_end - playhead
             ahead = min(ahead, queued)
             if self.cfg.pace != "asap" and queued > run.max_ahead:
+                run.last_due = None
                 continue  # far enough ahead: it waits for the playhead
             due.append(run)
         self.headroom = ahead / self.sr  # read by the model loader's thread (a float: replaced whole)
         if not due:
             return False
         t = time.monotonic()
+        for run in due:  # the engine's whole loop counts (mixing, other work): it is what pacing must cover
+            if run.last_due is not None:
+                run.due_s += t - run.last_due
+            run.last_due = t
+            run.shared |= len(due) > 1
         for slot in self.loaded:  # one LM call per model (after a switch, old takes finish on their own model)
             group = [r for r in due if r.slot is slot]
             if not group:
@@ -555,6 +561,14 @@ class Engine:
         if self.cfg.pace == "asap":
             run.voice.skip_queued()
 
+    def _learn_rate(self, run: Run) -> None:
+        """A take that generated alone for at least a second teaches its model's sustained speed (the warm-up's is a
+        short burst on an otherwise idle engine: on a busy CPU a long take at that rate ran dry)."""
+        generated = (run.voice.queued_end - run.voice.start) / self.sr
+        if self.cfg.pace != "asap" and not run.shared and generated >= 1.0 and run.due_s > 0:
+            run.slot.learn_rate(generated / run.due_s)
+        run.due_s = 0.0  # learned once
+
     def _learn_lag(self, run: Run) -> None:
         if run.lag is not None and run.first_audio is not None and self.cfg.pace != "asap":
             run.slot.learn_lag(run.lag)
@@ -582,6 +596,8 @@ class Engine:
 
     def _finish(self, run: Run, state: str) -> None:
         self._learn_lag(run)
+        if state == "done":
+            self._learn_rate(run)
         v = run.voice
         cut = None
         if v.stop_at is not None:  # what was generated past the stop was never heard: the file ends as it sounded

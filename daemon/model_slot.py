@@ -38,7 +38,8 @@ class Loaded:
 
     model: MusicGen
     pool: list = field(default_factory=list)  # idle LM streams, reused by the next takes
-    rate: float = 1.0  # audio seconds one take generates per wall second (measured at warm-up)
+    rate: float = 1.0  # audio seconds one take generates per wall second (measured at warm-up, then learned from
+    # the takes that generated alone: `learn_rate`)
     first_latency: float = 0.5  # seconds from request to a take's first chunk (measured at warm-up)
     # Seconds a take's audio arrives behind its own timeline at worst, counted from its launch: the most, over its
     # chunks, of (arrival - audio queued before it). A start needs that much lead not to run dry. Measured at
@@ -66,6 +67,11 @@ class Loaded:
         than the prompt)."""
         cfg = self.model.require_lm().cfg
         return 1.5 * min(longest_audio_s, max_prompt_frames(cfg) / cfg.frame_rate) * self.prompt_setup_s
+
+    def learn_rate(self, measured: float) -> None:
+        """A take's sustained speed (audio s per engine s): taken at once when slower, else approached by a fifth
+        per take."""
+        self.rate = min(measured, 0.8 * self.rate + 0.2 * measured)
 
     def learn_lag(self, measured: float) -> None:
         """A take's measured lag (s): taken at once when worse, else approached by a fifth per take."""

@@ -65,6 +65,11 @@ class Run:
         self.max_ahead = 0  # samples it may generate ahead of the playhead (set by the engine)
         self.lag: float | None = 0.0  # its worst lag so far (see `Loaded.lag`); None once handed to its model
         self.generating = True
+        # Its sustained speed, for the pacing (`Loaded.learn_rate`): seconds of engine loop while it was due for a
+        # step (not waiting ahead of the playhead), and whether another take ever shared those steps.
+        self.due_s = 0.0
+        self.last_due: float | None = None
+        self.shared = False
         self.next_progress = 1.0
         self.changes: list[dict] = []  # `set` values that reached this take while it played, with the frame
 

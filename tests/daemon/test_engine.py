@@ -415,3 +415,28 @@ def test_a_start_past_the_horizon_is_refused_and_a_stop_ends_a_take_that_has_not
     done = client.wait(rid, timeout=5)
     assert done["state"] == "cancelled"
     assert client.request("status")["status"]["takes"] == []
+
+
+def test_pacing_learns_a_model_slower_in_use_than_at_warm_up(demo, tmp_path, monkeypatch):
+    """The warm-up measures a short burst on an idle engine; in use (a busy CPU, a DAW beside it) the model may be
+    slower. Here every LM step takes 30 ms more (a 20 ms frame each: about 0.65x real time, where the warm-up said
+    10x). The first take, alone, teaches the pacing its sustained speed; the next one is held back by it and drops
+    nothing (paced on the warm-up's speed, a 3 s take ran dry)."""
+    from segue.daemon import engine as engine_module
+
+    engine, server = start_engine(demo, tmp_path / "takes", _zmq)
+    client = Client(server.endpoint, server.pub_endpoint)
+    try:
+        time.sleep(0.3)
+        warm = engine.current.rate
+        real = engine_module.pump_takes
+        monkeypatch.setattr(engine_module, "pump_takes", lambda takes: (time.sleep(0.03), real(takes))[1])
+        client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
+        assert warm > 2 and 0.3 < engine.current.rate < 0.9, (warm, engine.current.rate)
+        done = client.wait(client.request("generate", prompt="dub", seconds=3.0, start="now", seed=2)["id"],
+                           timeout=60)
+        assert done["state"] == "done" and done["dropped"] == 0, done
+    finally:
+        client.close()
+        server.close()
+        engine.close()
