@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import gc
 import itertools
+import math
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ class Loaded:
     # warm-up, then learned from the takes played (`learn_lag`): the device side (resampler, writer, mixer, other
     # threads and processes on the CPU) is in those.
     lag: float = 0.5
+    warm_rate: float = math.inf  # `rate` as the warm-up measured it: the most the takes may teach it
     prompt_setup_s: float = 0.05  # seconds to set up a continuation, per second of its prompt (measured at warm-up)
     load_s: float = 0.0
     load_wait_s: float = 0.0  # of load_s: waiting for the playing takes to get far enough ahead
@@ -70,8 +72,11 @@ class Loaded:
 
     def learn_rate(self, measured: float) -> None:
         """A take's sustained speed (audio s per engine s): taken at once when slower, else approached by a fifth
-        per take."""
-        self.rate = min(measured, 0.8 * self.rate + 0.2 * measured)
+        per take, but never past what the warm-up measured. A step slows down as the take's context grows (its
+        attention reads the whole KV cache: at musicgen-small's shapes in int8 on a 2-core CPU, short takes ran at
+        0.66x and an 8-bar one, paced on that, ran dry for 2.3 s), so short takes must not talk the pacing of long
+        ones into a speed they do not reach."""
+        self.rate = min(measured, 0.8 * self.rate + 0.2 * measured, self.warm_rate)
 
     def learn_lag(self, measured: float) -> None:
         """A take's measured lag (s): taken at once when worse, else approached by a fifth per take."""
@@ -119,7 +124,7 @@ def warm_up(model: MusicGen, chunk_frames: int, pool_size: int, seconds: float =
         pass
     rate = frames / model.frame_rate / max(took, 1e-6)
     return Loaded(model, [first_take.stream, take.stream][:pool_size], rate, first or took, lag=lag or took,
-                  prompt_setup_s=setup_s)
+                  warm_rate=rate, prompt_setup_s=setup_s)
 
 
 def weights_on_disk(folder: Path) -> int:
