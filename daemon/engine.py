@@ -429,7 +429,8 @@ class Engine:
         while len(self.snapshots) > 8:
             del self.snapshots[min(self.snapshots)]
         start = start or self.defaults.start
-        lead = self._lead(samples, slot)
+        lead = self._lead(samples, slot, take.n_prompt + (0 if samples is None else
+                                                          samples / self.sr * slot.model.frame_rate / 2))
         earliest = self.mixer.earliest_start + round(lead * self.sr)
         at, late = self.grid.resolve(start, earliest)
         unpaced, _ = self.grid.resolve(start, self.mixer.earliest_start + round(self.first_latency * self.sr))
@@ -460,10 +461,12 @@ class Engine:
                        held_back_s=round(held, 3), late=late, lead_s=round(lead, 3),
                        realtime=self.rate >= 1.0))
 
-    def _lead(self, samples: int | None, slot: Loaded) -> float:
-        """Seconds between now and the first sample so that the take never runs dry (pacing)."""
+    def _lead(self, samples: int | None, slot: Loaded, context: float = 0.0) -> float:
+        """Seconds between now and the first sample so that the take never runs dry (pacing). `context`: the take's
+        average positions of LM context (its prompt and half its length: a step slows as the context grows)."""
         busy = 1 + sum(r.generating for r in self.runs)
-        rate = slot.rate / busy  # takes share the engine
+        context = min(context, slot.model.require_lm().cfg.context)  # a longer take re-prompts within it
+        rate = slot.context_rate(context) / busy  # takes share the engine
         lead = 1.25 * slot.lag + 0.02  # the margin: measured lags vary by a fifth, the clock moves a block at a time
         if samples is not None and rate < 1.0:
             lead += samples / self.sr * (1.0 / rate - 1.0) * 1.1
@@ -566,7 +569,9 @@ class Engine:
         short burst on an otherwise idle engine: on a busy CPU a long take at that rate ran dry)."""
         generated = (run.voice.queued_end - run.voice.start) / self.sr
         if self.cfg.pace != "asap" and not run.shared and generated >= 1.0 and run.due_s > 0:
-            run.slot.learn_rate(generated / run.due_s)
+            slot = run.slot
+            context = min(run.take.n_prompt + generated * slot.model.frame_rate / 2, slot.model.require_lm().cfg.context)
+            slot.learn_rate(generated / run.due_s * (1.0 + slot.slowdown * context))  # at an empty cache
         run.due_s = 0.0  # learned once
 
     def _learn_lag(self, run: Run) -> None:

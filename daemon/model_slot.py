@@ -27,6 +27,7 @@ from segue.daemon.vocabulary import BUSY, MODEL_ERROR, OUT_OF_MEMORY, CommandErr
 from segue.models.errors import SegueError
 from segue.models.generation import Take, prompt_codes
 from segue.models.lm.config import SamplingParams
+from segue.models.lm.state import LMState
 from segue.models.lm.stream import max_prompt_frames
 from segue.models.musicgen import MusicGen
 
@@ -48,6 +49,9 @@ class Loaded:
     # threads and processes on the CPU) is in those.
     lag: float = 0.5
     warm_rate: float = math.inf  # `rate` as the warm-up measured it: the most the takes may teach it
+    # How much slower a step is per position of context, relative to an empty one (measured at warm-up): the
+    # attention reads the whole KV cache, so a long take generates slower than a short one (`context_rate`).
+    slowdown: float = 0.0
     prompt_setup_s: float = 0.05  # seconds to set up a continuation, per second of its prompt (measured at warm-up)
     load_s: float = 0.0
     load_wait_s: float = 0.0  # of load_s: waiting for the playing takes to get far enough ahead
@@ -70,12 +74,16 @@ class Loaded:
         cfg = self.model.require_lm().cfg
         return 1.5 * min(longest_audio_s, max_prompt_frames(cfg) / cfg.frame_rate) * self.prompt_setup_s
 
+    def context_rate(self, context: float) -> float:
+        """`rate` at an average of `context` positions of context (the warm-up's takes are short: `rate` is the
+        speed at an empty cache)."""
+        return self.rate / (1.0 + self.slowdown * max(context, 0.0))
+
     def learn_rate(self, measured: float) -> None:
-        """A take's sustained speed (audio s per engine s): taken at once when slower, else approached by a fifth
-        per take, but never past what the warm-up measured. A step slows down as the take's context grows (its
-        attention reads the whole KV cache: at musicgen-small's shapes in int8 on a 2-core CPU, short takes ran at
-        0.66x and an 8-bar one, paced on that, ran dry for 2.3 s), so short takes must not talk the pacing of long
-        ones into a speed they do not reach."""
+        """A take's sustained speed (audio s per engine s, brought back to an empty cache with `slowdown`): taken
+        at once when slower, else approached by a fifth per take, but never past what the warm-up measured. (Short
+        takes, learned from as they came, overstated long ones: at musicgen-small's shapes in int8 on a 2-core
+        CPU, 1 s takes ran at 0.66x and an 8-bar take paced on that ran dry for 2.3 s.)"""
         self.rate = min(measured, 0.8 * self.rate + 0.2 * measured, self.warm_rate)
 
     def learn_lag(self, measured: float) -> None:
@@ -90,6 +98,7 @@ class Loaded:
                     dtype=m.lm.precision, threads=torch.get_num_threads() if m.device.type == "cpu" else None,
                     weights_mb=round(self.weight_bytes / 2**20, 1),
                     idle_streams_mb=round(streams / 2**20, 1), rate=round(self.rate, 3), lag_s=round(self.lag, 4),
+                    slowdown_per_position=round(self.slowdown, 7),
                     load_s=round(self.load_s, 2), load_wait_s=round(self.load_wait_s, 2))
 
 
@@ -124,7 +133,44 @@ def warm_up(model: MusicGen, chunk_frames: int, pool_size: int, seconds: float =
         pass
     rate = frames / model.frame_rate / max(took, 1e-6)
     return Loaded(model, [first_take.stream, take.stream][:pool_size], rate, first or took, lag=lag or took,
-                  warm_rate=rate, prompt_setup_s=setup_s)
+                  warm_rate=rate, slowdown=context_slowdown(model.require_lm()), prompt_setup_s=setup_s)
+
+
+@torch.no_grad()
+def context_slowdown(lm, positions: int = 1000, steps: int = 6) -> float:
+    """A CFG step's extra time per position of context, relative to a step at an empty cache: 0.001 means a step
+    at 1000 positions takes twice as long. Timed on a scratch cache (what it holds does not change the time).
+    Measured on a 2-core AMD EPYC, one thread: 0.0013 at musicgen-small's shapes in int8 (2.3x slower at 1000
+    positions), 0.00013 for the tiny demo model."""
+    cfg = lm.cfg
+    at = min(positions, cfg.context - steps - 4)
+    if at <= 0:
+        return 0.0
+    state = LMState.allocate(cfg, 2, at + steps + 4, 1, lm.device, lm.dtype)
+    if cfg.cross_attention:
+        shape = (cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
+        state.set_condition(torch.zeros(shape, device=lm.device, dtype=lm.dtype),
+                            torch.zeros(shape, device=lm.device, dtype=lm.dtype),
+                            torch.ones(2, 1, dtype=torch.bool, device=lm.device))
+    tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long, device=lm.device)
+
+    def step_ms(position: int) -> float:
+        state.reset()
+        state.advance(position)
+        times = []
+        for i in range(steps + 2):
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            t = time.perf_counter()
+            lm(tokens, state)
+            if lm.device.type == "cuda":
+                torch.cuda.synchronize(lm.device)
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    empty, full = step_ms(0), step_ms(at)
+    return max(0.0, (full / empty - 1.0) / at)
 
 
 def weights_on_disk(folder: Path) -> int:

@@ -440,3 +440,39 @@ def test_pacing_learns_a_model_slower_in_use_than_at_warm_up(demo, tmp_path, mon
         client.close()
         server.close()
         engine.close()
+
+
+def test_pacing_counts_a_step_slowing_as_the_context_grows(demo, tmp_path, monkeypatch):
+    """Every step takes 20 ms x (1 + context / 250 positions) here, as if the attention over the KV cache dominated
+    (`Loaded.slowdown` says so, as the warm-up would measure it). A 1 s take teaches the pacing the speed at an
+    empty cache; a 4 s take, whose average context is four times the short one's, is held back for it and drops
+    nothing (paced on the short take's speed it ran dry)."""
+    from segue.daemon import engine as engine_module
+
+    engine, server = start_engine(demo, tmp_path / "takes", _zmq)
+    client = Client(server.endpoint, server.pub_endpoint)
+    try:
+        time.sleep(0.3)
+        engine.current.slowdown = 1 / 250
+        real = engine_module.pump_takes
+
+        def slow(takes):
+            time.sleep(0.02 * (1 + max(t.stream.frames_ready for t in takes) / 250))
+            return real(takes)
+
+        monkeypatch.setattr(engine_module, "pump_takes", slow)
+        client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
+        done = client.wait(client.request("generate", prompt="dub", seconds=4.0, start="now", seed=2)["id"],
+                           timeout=60)
+        assert done["state"] == "done" and done["dropped"] == 0, done
+    finally:
+        client.close()
+        server.close()
+        engine.close()
+
+
+def test_the_warm_up_measures_how_a_step_slows_with_its_context(daemon):
+    engine, _, client = daemon
+    (model,) = client.request("status")["status"]["models"]
+    assert 0.0 <= model["slowdown_per_position"] < 0.01 and model["slowdown_per_position"] == round(
+        engine.current.slowdown, 7)
