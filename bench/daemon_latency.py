@@ -41,7 +41,9 @@ def latency(triggers: int = 25, model: str = "demo", extra: tuple[str, ...] = ()
         with tempfile.TemporaryDirectory() as tmp:
             daemon = Daemon(Path(tmp), ["--audio-device", "system", "--sample-rate", str(RATE), "--block-size",
                                         str(PERIOD), *extra], env=server.env, model=model)
-            recorder = Recorder(server, seconds=30 + triggers * (1.5 + 2 * take_s) + 6 * long_bars)
+            # On a CPU slower than real time a take is held back several times its length: the recording must
+            # outlast that (it held 113 s, and an 8-bar take paced for its context sounded after the end).
+            recorder = Recorder(server, seconds=60 + triggers * (1.5 + 8 * take_s) + 14 * long_bars)
             recorder.connect(server.ports("PortAudio:out"))
             client = Client(daemon.endpoint, daemon.pub, timeout=30)
             status = client.request("status")["status"]
