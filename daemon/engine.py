@@ -91,6 +91,7 @@ class Engine:
         self.mixer = Mixer(audio.bus, guard, audio.bus.capacity // 2)  # a transport sets `mixer.publish`
         self.min_horizon = max(4 * audio.block, round(cfg.min_horizon * self.sr))
         self.load_horizon = max(self.min_horizon, round(cfg.load_horizon * self.sr))
+        self.slow_horizon = max(self.min_horizon, round(cfg.slow_horizon * self.sr))
         self.horizon = self.min_horizon
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # Take commands are numbered with the take's number (its files' NNNN); every other request gets a negative
@@ -219,6 +220,8 @@ class Engine:
             # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least the floor
             # (a deeper one while a model loads beside the engine).
             floor = self.min_horizon if self.loader is None or self.loader.loading is None else self.load_horizon
+            if any(r.generating and r.slot.rate < 1.0 for r in self.runs):
+                floor = max(floor, self.slow_horizon)
             self.horizon = int(min(self.mixer.max_horizon, max(floor, 3 * self.iter_time * self.sr)))
             if not worked:
                 self._wake.wait(timeout=max(0.002, 0.25 * self.horizon / self.sr))

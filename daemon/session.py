@@ -23,6 +23,10 @@ class EngineConfig:
     # audio callback runs in its own process and does not compete with it). While something sounds, a fade or a
     # new take can act only past what is mixed, so lower is snappier; silence ahead is mixed again for a new take.
     min_horizon: float = 0.05
+    # The same while a take generates on a model slower than real time: the engine then steps it while it plays,
+    # each iteration a long step (and a chunk's decoding) on a CPU the audio shares, and 50 ms of mix ran dry
+    # (small int8 on a 2-core box: 5 underruns in a run that held 50 ms).
+    slow_horizon: float = 0.25
     # LM streams (KV caches: ~0.6 GB each for musicgen-small in float32) kept allocated between takes, so a request
     # never waits for one to be allocated and zeroed. Allocated at warm-up.
     stream_pool: int = 2
