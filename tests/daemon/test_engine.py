@@ -417,58 +417,42 @@ def test_a_start_past_the_horizon_is_refused_and_a_stop_ends_a_take_that_has_not
     assert client.request("status")["status"]["takes"] == []
 
 
-def test_pacing_learns_a_model_slower_in_use_than_at_warm_up(demo, tmp_path, monkeypatch):
+def test_pacing_learns_a_model_slower_in_use_than_at_warm_up(daemon, monkeypatch):
     """The warm-up measures a short burst on an idle engine; in use (a busy CPU, a DAW beside it) the model may be
     slower. Here every LM step takes 30 ms more (a 20 ms frame each: about 0.65x real time, where the warm-up said
     10x). The first take, alone, teaches the pacing its sustained speed; the next one is held back by it and drops
     nothing (paced on the warm-up's speed, a 3 s take ran dry)."""
     from segue.daemon import engine as engine_module
 
-    engine, server = start_engine(demo, tmp_path / "takes", _zmq)
-    client = Client(server.endpoint, server.pub_endpoint)
-    try:
-        time.sleep(0.3)
-        warm = engine.current.rate
-        real = engine_module.pump_takes
-        monkeypatch.setattr(engine_module, "pump_takes", lambda takes: (time.sleep(0.03), real(takes))[1])
-        client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
-        assert warm > 2 and 0.3 < engine.current.rate < 0.9, (warm, engine.current.rate)
-        done = client.wait(client.request("generate", prompt="dub", seconds=3.0, start="now", seed=2)["id"],
-                           timeout=60)
-        assert done["state"] == "done" and done["dropped"] == 0, done
-    finally:
-        client.close()
-        server.close()
-        engine.close()
+    engine, _, client = daemon
+    warm = engine.current.rate
+    real = engine_module.pump_takes
+    monkeypatch.setattr(engine_module, "pump_takes", lambda takes: (time.sleep(0.03), real(takes))[1])
+    client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
+    assert warm > 2 and 0.3 < engine.current.rate < 0.9, (warm, engine.current.rate)
+    done = client.wait(client.request("generate", prompt="dub", seconds=3.0, start="now", seed=2)["id"], timeout=60)
+    assert done["state"] == "done" and done["dropped"] == 0, done
 
 
-def test_pacing_counts_a_step_slowing_as_the_context_grows(demo, tmp_path, monkeypatch):
+def test_pacing_counts_a_step_slowing_as_the_context_grows(daemon, monkeypatch):
     """Every step takes 20 ms x (1 + context / 250 positions) here, as if the attention over the KV cache dominated
     (`Loaded.slowdown` says so, as the warm-up would measure it). A 1 s take teaches the pacing the speed at an
     empty cache; a 4 s take, whose average context is four times the short one's, is held back for it and drops
     nothing (paced on the short take's speed it ran dry)."""
     from segue.daemon import engine as engine_module
 
-    engine, server = start_engine(demo, tmp_path / "takes", _zmq)
-    client = Client(server.endpoint, server.pub_endpoint)
-    try:
-        time.sleep(0.3)
-        engine.current.slowdown = 1 / 250
-        real = engine_module.pump_takes
+    engine, _, client = daemon
+    engine.current.slowdown = 1 / 250
+    real = engine_module.pump_takes
 
-        def slow(takes):
-            time.sleep(0.02 * (1 + max(t.stream.frames_ready for t in takes) / 250))
-            return real(takes)
+    def slow(takes):
+        time.sleep(0.02 * (1 + max(t.stream.frames_ready for t in takes) / 250))
+        return real(takes)
 
-        monkeypatch.setattr(engine_module, "pump_takes", slow)
-        client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
-        done = client.wait(client.request("generate", prompt="dub", seconds=4.0, start="now", seed=2)["id"],
-                           timeout=60)
-        assert done["state"] == "done" and done["dropped"] == 0, done
-    finally:
-        client.close()
-        server.close()
-        engine.close()
+    monkeypatch.setattr(engine_module, "pump_takes", slow)
+    client.wait(client.request("generate", prompt="dub", seconds=1.0, start="now", seed=1)["id"], timeout=60)
+    done = client.wait(client.request("generate", prompt="dub", seconds=4.0, start="now", seed=2)["id"], timeout=60)
+    assert done["state"] == "done" and done["dropped"] == 0, done
 
 
 def test_the_warm_up_measures_how_a_step_slows_with_its_context(daemon):
