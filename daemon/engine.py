@@ -432,8 +432,7 @@ class Engine:
         while len(self.snapshots) > 8:
             del self.snapshots[min(self.snapshots)]
         start = start or self.defaults.start
-        lead = self._lead(samples, slot, take.n_prompt + (0 if samples is None else
-                                                          samples / self.sr * slot.model.frame_rate / 2))
+        lead = self._lead(samples, slot, slot.average_context(take.n_prompt, (samples or 0) / self.sr))
         earliest = self.mixer.earliest_start + round(lead * self.sr)
         at, late = self.grid.resolve(start, earliest)
         unpaced, _ = self.grid.resolve(start, self.mixer.earliest_start + round(self.first_latency * self.sr))
@@ -466,9 +465,8 @@ class Engine:
 
     def _lead(self, samples: int | None, slot: Loaded, context: float = 0.0) -> float:
         """Seconds between now and the first sample so that the take never runs dry (pacing). `context`: the take's
-        average positions of LM context (its prompt and half its length: a step slows as the context grows)."""
+        average positions of LM context (`Loaded.average_context`: a step slows as the context grows)."""
         busy = 1 + sum(r.generating for r in self.runs)
-        context = min(context, slot.model.require_lm().cfg.context)  # a longer take re-prompts within it
         rate = slot.context_rate(context) / busy  # takes share the engine
         lead = 1.25 * slot.lag + 0.02  # the margin: measured lags vary by a fifth, the clock moves a block at a time
         if samples is not None and rate < 1.0:
@@ -573,7 +571,7 @@ class Engine:
         generated = (run.voice.queued_end - run.voice.start) / self.sr
         if self.cfg.pace != "asap" and not run.shared and generated >= 1.0 and run.due_s > 0:
             slot = run.slot
-            context = min(run.take.n_prompt + generated * slot.model.frame_rate / 2, slot.model.require_lm().cfg.context)
+            context = slot.average_context(run.take.n_prompt, generated)
             slot.learn_rate(generated / run.due_s * (1.0 + slot.slowdown * context))  # at an empty cache
         run.due_s = 0.0  # learned once
 

@@ -27,7 +27,7 @@ from segue.daemon.vocabulary import BUSY, MODEL_ERROR, OUT_OF_MEMORY, CommandErr
 from segue.models.errors import SegueError
 from segue.models.generation import Take, prompt_codes
 from segue.models.lm.config import SamplingParams
-from segue.models.lm.state import LMState
+from segue.models.lm.quant import step_ms
 from segue.models.lm.stream import max_prompt_frames
 from segue.models.musicgen import MusicGen
 
@@ -73,6 +73,12 @@ class Loaded:
         than the prompt)."""
         cfg = self.model.require_lm().cfg
         return 1.5 * min(longest_audio_s, max_prompt_frames(cfg) / cfg.frame_rate) * self.prompt_setup_s
+
+    def average_context(self, prompt_frames: int, seconds: float) -> float:
+        """Positions of LM context a take of `seconds` after `prompt_frames` of prompt averages: its prompt and half
+        its length, at most the model's context (a longer take re-prompts within it)."""
+        cfg = self.model.require_lm().cfg
+        return min(prompt_frames + seconds * cfg.frame_rate / 2, cfg.context)
 
     def context_rate(self, context: float) -> float:
         """`rate` at an average of `context` positions of context (the warm-up's takes are short: `rate` is the
@@ -144,40 +150,15 @@ def warm_up(model: MusicGen, chunk_frames: int, pool_size: int, seconds: float =
                   warm_rate=rate, slowdown=context_slowdown(model.require_lm()), prompt_setup_s=setup_s)
 
 
-@torch.no_grad()
-def context_slowdown(lm, positions: int = 1000, steps: int = 6) -> float:
+def context_slowdown(lm, positions: int = 1000, timed: int = 6) -> float:
     """A CFG step's extra time per position of context, relative to a step at an empty cache: 0.001 means a step
-    at 1000 positions takes twice as long. Timed on a scratch cache (what it holds does not change the time).
+    at 1000 positions takes twice as long (timed with `quant.step_ms`).
     Measured on a 2-core AMD EPYC, one thread: 0.0013 at musicgen-small's shapes in int8 (2.3x slower at 1000
     positions), 0.00013 for the tiny demo model."""
-    cfg = lm.cfg
-    at = min(positions, cfg.context - steps - 4)
+    at = min(positions, lm.cfg.context - timed - 4)
     if at <= 0:
         return 0.0
-    state = LMState.allocate(cfg, 2, at + steps + 4, 1, lm.device, lm.dtype)
-    if cfg.cross_attention:
-        shape = (cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
-        state.set_condition(torch.zeros(shape, device=lm.device, dtype=lm.dtype),
-                            torch.zeros(shape, device=lm.device, dtype=lm.dtype),
-                            torch.ones(2, 1, dtype=torch.bool, device=lm.device))
-    tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long, device=lm.device)
-
-    def step_ms(position: int) -> float:
-        state.reset()
-        state.advance(position)
-        times = []
-        for i in range(steps + 2):
-            if lm.device.type == "cuda":
-                torch.cuda.synchronize(lm.device)
-            t = time.perf_counter()
-            lm(tokens, state)
-            if lm.device.type == "cuda":
-                torch.cuda.synchronize(lm.device)
-            if i >= 2:
-                times.append(time.perf_counter() - t)
-        return sorted(times)[len(times) // 2]
-
-    empty, full = step_ms(0), step_ms(at)
+    empty, full = step_ms(lm, 0, timed=timed), step_ms(lm, at, timed=timed)
     return max(0.0, (full / empty - 1.0) / at)
 
 

@@ -61,7 +61,7 @@ INT8_MARGIN = 1.2  # `--dtype auto` takes int8 when a step is at least this much
 AUTO_MIN_BYTES = 32 * 2**20
 
 
-def int8_is_faster(lm, step_ms: Callable[[object], float] | None = None, cache: Path | None = None,
+def int8_is_faster(lm, timer: Callable[[object], float] | None = None, cache: Path | None = None,
                    min_bytes: int = AUTO_MIN_BYTES) -> bool:
     """Quantize `lm` (a float32 LM on the CPU) and keep int8 if its step is at least INT8_MARGIN times faster than
     float32's; else drop the int8 weights again. Returns whether int8 was kept.
@@ -72,7 +72,7 @@ def int8_is_faster(lm, step_ms: Callable[[object], float] | None = None, cache: 
     projection weights stays float32 unmeasured (see AUTO_MIN_BYTES).
 
     Measured on a 2-core AMD EPYC: musicgen-small's shapes step 152 ms in float32 and 29 ms in int8.
-    `step_ms(lm)`: the timer (default: the median of a few CFG steps)."""
+    `timer(lm)`: ms per step (default: `step_ms`, the median of a few CFG steps)."""
     if _projection_bytes(lm) < min_bytes:
         return False
     key = _machine_key(lm)
@@ -81,10 +81,10 @@ def int8_is_faster(lm, step_ms: Callable[[object], float] | None = None, cache: 
         if known["int8"]:
             lm.quantize_int8()
         return bool(known["int8"])
-    step_ms = step_ms or _step_ms
-    plain = step_ms(lm)
+    timer = timer or step_ms
+    plain = timer(lm)
     lm.quantize_int8()
-    quantized = step_ms(lm)
+    quantized = timer(lm)
     keep = quantized * INT8_MARGIN <= plain
     if not keep:
         lm.drop_int8()
@@ -159,23 +159,33 @@ def _remember(cache: Path, key: str, choice: dict) -> None:
                     "int8" if choice["int8"] else "float32")
 
 
-def _step_ms(lm, warm: int = 2, timed: int = 7) -> float:
-    """Median ms of one step of CFG's two rows over a short cache (no text: the cross-attention's cost is the same
-    at either precision)."""
+def step_ms(lm, position: int = 0, warm: int = 2, timed: int = 7) -> float:
+    """Median ms of one step of CFG's two rows from `position` positions of context, on a scratch cache (what it
+    holds does not change the time; no text: the cross-attention's cost does not depend on the dtype or the
+    context). Used to choose int8 (`int8_is_faster`) and to measure how a step slows with its context
+    (daemon/model_slot.py)."""
     from segue.models.lm.state import LMState
 
     cfg = lm.cfg
-    state = LMState.allocate(cfg, 2, warm + timed + 1, 1, lm.device, lm.dtype)
+    state = LMState.allocate(cfg, 2, position + warm + timed + 1, 1, lm.device, lm.dtype)
     if cfg.cross_attention:
         shape = (cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
-        state.set_condition(torch.zeros(shape), torch.zeros(shape), torch.ones(2, 1, dtype=torch.bool))
-    tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long)
+        zeros = torch.zeros(shape, device=lm.device, dtype=lm.dtype)
+        state.set_condition(zeros, zeros.clone(), torch.ones(2, 1, dtype=torch.bool, device=lm.device))
+    state.advance(position)
+    tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long, device=lm.device)
+    cuda = lm.device.type == "cuda"
     times = []
-    for i in range(warm + timed):
-        t = time.perf_counter()
-        lm(tokens, state)
-        if i >= warm:
-            times.append(1000 * (time.perf_counter() - t))
+    with torch.no_grad():
+        for i in range(warm + timed):
+            if cuda:
+                torch.cuda.synchronize(lm.device)
+            t = time.perf_counter()
+            lm(tokens, state)
+            if cuda:
+                torch.cuda.synchronize(lm.device)
+            if i >= warm:
+                times.append(1000 * (time.perf_counter() - t))
     return statistics.median(times)
 
 
