@@ -214,6 +214,11 @@ class Recorder:
         assert len(seen) == stop - start and seen.mean() >= 0.5, "the recording does not cover that span"
         assert not np.any(self.buf[lo : lo + stop - start][seen]), "sound where there should be silence"
 
+    def unseen(self, start: int, stop: int) -> int:
+        """How many of JACK frames [start, stop) this client did not record (it missed their cycles)."""
+        lo = max(start - self.first, 0)
+        return int(np.count_nonzero(~self.seen[lo : max(stop - self.first, lo)]))
+
     def loud_span(self, after: int, before: int) -> tuple[int, int]:
         """JACK frames [first, last] of the non-silent recording between two frames (the daemon plays exact zeros
         when no take is playing)."""

@@ -21,6 +21,7 @@ from jack_rig import BAR, BEAT, PERIOD, RATE, audio_incidents, excused_cycles, s
 pytestmark = pytest.mark.slow
 
 MS = RATE // 1000
+CLEAN, ATTEMPTS = 5, 20  # trials the busy-tempo test checks, and how many it may run to get them
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_a_tempo_lands_its_bar_lines_within_a_millisecond(rig, latency):
 
 
 def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says(rig, latency):
-    """Seven times: a `continue` (the engine encodes two bars and prefills the LM: 30-60 ms here), a `tempo` 2 ms
+    """Trials of: a `continue` (the engine encodes two bars and prefills the LM: 30-60 ms here), a `tempo` 2 ms
     later that moves the bar lines by whole beats, then a take on the next bar line. Anchored when the engine got to
     it, the tempo put them 29-33 ms late. Stamped on arrival:
 
@@ -86,16 +87,23 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
       the client sent it at most, never the engine's set-up time later;
     - both takes, the continuation queued on the old grid a moment before and the take after, land on the bar lines
       of that anchor within a block (the daemon's clock keeps to JACK's: every take's first sample is heard the
-      same number of frames after its clock sample);
+      same number of frames after its clock sample), and the take after is heard sample for sample;
     - and where the transport thread got to the message at once (0.2-0.5 ms of delivery), within 1 ms of the beat
       the client named. On a 2-core box the transport thread waits for the CPU or the interpreter in about half the
       trials while the engine sets up the take: 1.8-3.5 ms here, 7.4 ms once in a CI run. That wait is the
       scheduler's, so it is bounded loosely (a median within a block, every one under 21 ms); the exact checks are
-      the ones against the anchor. At least one clean trial (the daemon's audio served every JACK cycle in time:
-      one it did not can cost a take its first block) must be within 1 ms of the client's beat."""
+      the ones against the anchor. At least one trial must be within 1 ms of the client's beat.
+
+    These are checks of timing, so they are made on clean trials: the daemon served every JACK cycle in time and
+    neither take ran dry, and the recorder saw every frame. A trial on which the machine starved the daemon (a CI run once saw 20 missed or late cycles
+    and a take that ran dry in one trial; five CPU hogs on this 2-core box make takes run dry) is no evidence either
+    way: it is counted, reported, and run again, up to `ATTEMPTS` in all. Fewer than `CLEAN` clean trials fail the
+    test, with what went wrong in each."""
     server, daemon, recorder, client, loop = rig
-    trials = []
-    for k in range(7):
+    trials, starved = [], []
+    for k in range(ATTEMPTS):
+        if len(trials) == CLEAN:
+            break
         shift = 1.0 + k % 3  # the new bar lines can only come from this tempo
         time.sleep(0.3)
         incidents = audio_incidents(client)
@@ -106,16 +114,25 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
         sent = (fields["beat"] - shift) * BEAT  # the heard frame the client named, as it sent the message
         tempo = client.wait(client.request("tempo", **fields)["id"], timeout=60)
         done = client.wait(busy, timeout=60)
-        assert done["state"] == "done" and done["dropped"] == 0
-        queued_first = _first_loud(recorder, t0)
+        assert done["state"] == "done", done
+        recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
         t1 = recorder.last_frame
         after = client.wait(client.request("generate", bars=1, start="next_bar", seed=4)["id"], timeout=60)
-        assert after["state"] == "done"
-        first = _first_loud(recorder, t1)
+        assert after["state"] == "done", after
+        recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
+        missed = audio_incidents(client) - incidents
+        unseen = recorder.unseen(t0, recorder.last_frame)
+        if missed or done["dropped"] or after["dropped"] or unseen:
+            starved.append(dict(trial=k, missed_or_late_cycles=missed, dropped=(done["dropped"], after["dropped"]),
+                                frames_the_recorder_missed=unseen))
+            continue
+        queued_first, first = recorder.loud_span(t0, t1)[0], _first_loud(recorder, t1)
         take, _ = sf.read(after["path"], dtype="float32", always_2d=True)
-        recorder.assert_heard(first, take, excused=excused_cycles(client, incidents))
-        trials.append(dict(tempo_at=tempo["at"], sent=sent, shift=shift, clean=audio_incidents(client) == incidents,
+        recorder.assert_heard(first, take)
+        trials.append(dict(tempo_at=tempo["at"], sent=sent, shift=shift,
                            takes=[(queued_first, _start(done)), (first, _start(after))]))
+    assert len(trials) == CLEAN, (f"only {len(trials)} of {ATTEMPTS} trials had the daemon's audio served in time; "
+                                  f"the others: {starved}")
     # Recorded frame - clock sample of each take's first sample: the same for every take the daemon served in time.
     offsets = [f - s for t in trials for f, s in t["takes"]]
     offset = float(np.median(offsets))
@@ -124,13 +141,11 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
     for t in trials:
         late = t["tempo_at"] + offset - t["sent"]  # how long after the client's send the transport stamped it
         errors = [_phase(f, t["shift"]) for f, _ in t["takes"]]  # from the client's bar lines
-        rows.append((round(late), errors, t["clean"]))
+        rows.append((round(late), errors))
         assert -MS <= late <= 4 * PERIOD, f"the tempo was anchored {late:.0f} samples after it was sent: {rows}"
         assert all(abs(e - late) <= PERIOD for e in errors), f"takes off the anchor's bar lines: {rows}"
     assert float(np.median([r[0] for r in rows])) <= PERIOD, rows
-    clean = [r for r in rows if r[2]]
-    assert clean, f"JACK ran cycles without the daemon in every trial: {rows}"
-    assert min(max(abs(e) for e in r[1]) for r in clean) <= MS, f"no trial within 1 ms: {rows}"
+    assert min(max(abs(e) for e in r[1]) for r in rows) <= MS, f"no trial within 1 ms: {rows} (starved: {starved})"
     _back_to_the_song(latency, recorder, client)
 
 
