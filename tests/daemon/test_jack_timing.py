@@ -94,11 +94,11 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
       scheduler's, so it is bounded loosely (a median within a block, every one under 21 ms); the exact checks are
       the ones against the anchor. At least one trial must be within 1 ms of the client's beat.
 
-    These are checks of timing, so they are made on clean trials: the daemon served every JACK cycle in time and
-    neither take ran dry, and the recorder saw every frame. A trial on which the machine starved the daemon (a CI run once saw 20 missed or late cycles
-    and a take that ran dry in one trial; five CPU hogs on this 2-core box make takes run dry) is no evidence either
-    way: it is counted, reported, and run again, up to `ATTEMPTS` in all. Fewer than `CLEAN` clean trials fail the
-    test, with what went wrong in each."""
+    These are checks of timing, so they are made on clean trials: the daemon served every JACK cycle in time, neither
+    take ran dry, and the recorder saw every frame. A trial on which the machine starved the daemon (a CI run once
+    saw 20 missed or late cycles and a take that ran dry in one trial; bursts of memory-bound work in three processes
+    on this 2-core box starve most trials) is no evidence either way: it is counted, reported, and run again, up to
+    `ATTEMPTS` in all. Fewer than `CLEAN` clean trials fail the test, with what went wrong in each."""
     server, daemon, recorder, client, loop = rig
     trials, starved = [], []
     for k in range(ATTEMPTS):
