@@ -108,14 +108,15 @@ def headroom(seconds: float = 10.0, counts: tuple[int, ...] = (1, 2, 4)) -> list
 
 
 def realtime_int8(quick: bool = False) -> dict:
-    """The daemon on musicgen-small's shapes (random weights, transformers' layout) with the LM in int8 on the
-    CPU: trigger -> first sound over 1 s takes, then an 8-bar take that must play whole."""
+    """The daemon on musicgen-small's shapes and the full-width 32 kHz EnCodec (random weights, transformers'
+    layout) with the LM in int8 on the CPU: trigger -> first sound over 1 s takes, then an 8-bar take that must
+    play whole."""
     sys.path.insert(0, str(ROOT / "bench"))
     import lm_speed
 
     support = lm_speed._support()
     with tempfile.TemporaryDirectory(prefix="segue-small-") as tmp:
-        model, tok = lm_speed.build_reference("small")
+        model, tok = lm_speed.build_reference("small", full_codec=True)
         folder = support.save_musicgen(model, tok, Path(tmp))
         del model
         return latency(4 if quick else 10, str(folder), ("--dtype", "int8"), take_s=1.0, long_bars=2 if quick else 8)

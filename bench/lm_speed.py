@@ -144,9 +144,10 @@ def _support():
     return support
 
 
-def build_reference(shape: str):
+def build_reference(shape: str, full_codec: bool = False):
     """A transformers MusicGen (or MusicGen-Melody) with the real decoder shape and random weights; tiny T5 and
-    codec (they are not in the step loop) of the real widths where the LM sees them."""
+    codec (they are not in the step loop) of the real widths where the LM sees them. `full_codec`: the codec at
+    facebook/encodec_32khz's full width instead, for what times the codec too (a whole process, the daemon)."""
     support = _support()
     from transformers import (MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
                               MusicgenMelodyConfig, MusicgenMelodyDecoderConfig,
@@ -157,7 +158,7 @@ def build_reference(shape: str):
     dec = dict(vocab_size=2048, hidden_size=s.dim, num_hidden_layers=s.layers, num_attention_heads=s.heads,
                ffn_dim=4 * s.dim, num_codebooks=s.n_q, audio_channels=s.channels)
     t5 = T5Config(vocab_size=len(tok), d_model=s.text_dim, d_kv=64, d_ff=256, num_layers=1, num_heads=2)
-    codec = support.hf_encodec_config("16k" if s.audiogen else "32k").to_dict()
+    codec = support.hf_encodec_config("16k" if s.audiogen else "32k-full" if full_codec else "32k").to_dict()
     torch.manual_seed(0)
     if s.melody:
         cfg = MusicgenMelodyConfig(text_encoder=t5.to_dict(), audio_encoder=codec,

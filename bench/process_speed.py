@@ -1,6 +1,7 @@
 """Whole processes, as a user runs them: `segue generate --dtype int8` against a plain transformers script on the
-same model folder (musicgen-small's shapes, random weights saved in transformers' layout), each timed from launch
-to its WAV on disk: interpreter start, imports, loading (and quantizing), the text encoder, the LM, the codec.
+same model folder (musicgen-small's LM and facebook/encodec_32khz's codec at their full shapes, random weights
+saved in transformers' layout), each timed from launch to its WAV on disk: interpreter start, imports, loading (and
+quantizing), the text encoder, the LM, the codec.
 
 Each side runs with its own defaults: segue on half the CPUs (daemon/cpu.py), transformers on torch's (all cores).
 
@@ -43,7 +44,7 @@ def measure(quick: bool = False) -> dict:
     seconds = 2.0 if quick else 5.0
     support = lm_speed._support()
     with tempfile.TemporaryDirectory(prefix="segue-process-") as tmp:
-        model, tok = lm_speed.build_reference("small")
+        model, tok = lm_speed.build_reference("small", full_codec=True)
         folder = support.save_musicgen(model, tok, Path(tmp) / "small")
         del model
         segue = [sys.executable, "-m", "segue.daemon.cli", "generate", "--model", str(folder), "--dtype", "int8",

@@ -28,6 +28,7 @@ import batch_speed  # noqa: E402
 import codec_speed  # noqa: E402
 import cpu_load  # noqa: E402
 import daemon_latency  # noqa: E402
+import engine_budget  # noqa: E402
 import fuzz as daemon_fuzz  # noqa: E402
 import lm_speed  # noqa: E402
 import process_speed  # noqa: E402
@@ -231,12 +232,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report (default: BENCHMARKS.md)")
     ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load", "daemon_int8", "process"], default=None,
+    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load", "daemon_int8", "process", "budget"],
+                    default=None,
                     help="measure one section again, the others kept from bench/last_run.json: lm (LM steps against "
                          "transformers), daemon (trigger -> first sound on JACK, demo model), batch (streams stepped "
                          "together), fuzz (malformed requests), load (LM steps while other processes hold the "
                          "CPUs), daemon_int8 (the daemon on small shapes in int8), process (whole `segue generate "
-                         "--dtype int8` against a transformers script)")
+                         "--dtype int8` against a transformers script), budget (LM, codec and resampler per second "
+                         "of audio on the daemon's threads)")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
     ap.add_argument("--dtypes", default=None, help="LM dtypes to measure, comma-separated (default: all)")
     ap.add_argument("--wait-quiet", type=float, default=900, metavar="S",
@@ -309,7 +312,8 @@ def _batch(quick: bool) -> list[dict]:
 
 
 SECTIONS = {"daemon": daemon_latency.measure, "batch": _batch, "fuzz": daemon_fuzz.measure, "load": cpu_load.measure,
-            "daemon_int8": daemon_latency.realtime_int8, "process": process_speed.measure}
+            "daemon_int8": daemon_latency.realtime_int8, "process": process_speed.measure,
+            "budget": engine_budget.measure}
 
 
 def _section_info(sec: dict, info: dict) -> str:
@@ -372,6 +376,25 @@ def render_daemon_int8(sec: dict, info: dict) -> list[str]:
                       f"{long['first_sound_ms'] / 1000:.2f} s (held back {long['held_back_s']:.2f} s so that it never "
                       f"runs dry, lead {long['lead_s']:.2f} s), dropped samples {long['dropped']}, underruns "
                       f"{long['underruns']}, xruns {long['xruns']}."]
+    return lines
+
+
+def render_budget(sec: dict, info: dict) -> list[str]:
+    r = sec["result"]
+    d = r["decode_s_per_s"]
+    lines = ["", "## Where a second of live audio goes on this CPU (LM int8, codec, resampler)", "",
+             _section_info(sec, info) +
+             f"`bench/engine_budget.py`: in one process on the daemon's {r['threads']} torch thread(s), "
+             "musicgen-small's LM shapes in int8 (50 CFG steps per second of audio, `quant.step_ms`) and the "
+             "full-width 32 kHz EnCodec decoder streamed 5 frames (100 ms) per push as the daemon does, then soxr "
+             "from 32 to 48 kHz. Wall seconds of work per second of audio; real time needs a sum of 1 or less. The "
+             f"decoder alone, per push size: 1 frame {d['1']:.3f} s, 5 frames {d['5']:.3f} s, 25 frames "
+             f"{d['25']:.3f} s per second of audio.", "",
+             "| context s | LM ms/step | LM s | codec s | resampler s | sum s | real time | codec share |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['context_s']:g} | {x['step_ms']:.1f} | {x['lm_s']:.3f} | {x['codec_s']:.3f} | "
+                     f"{x['resample_s']:.4f} | {x['total_s']:.3f} | {x['rtf']:.2f}x | {100 * x['codec_share']:.0f} % |")
     return lines
 
 
@@ -653,7 +676,7 @@ def render_gpu(sec: dict | None, info: dict) -> list[str]:
 
 
 def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None, gpu=None,
-           daemon_int8=None, process=None) -> str:
+           daemon_int8=None, process=None, budget=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -675,6 +698,8 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, l
         lines += render_fuzz(fuzz, info)
     if daemon_int8:
         lines += render_daemon_int8(daemon_int8, info)
+    if budget:
+        lines += render_budget(budget, info)
     if load:
         lines += render_load(load, info)
     lines += render_gpu(gpu, info)

@@ -25,6 +25,10 @@ def hf_encodec_config(kind: str = "32k"):
         return EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
                              num_filters=4, codebook_size=2048, use_causal_conv=False, use_conv_shortcut=False,
                              hidden_size=8, pad_mode="reflect")
+    if kind == "32k-full":  # facebook/encodec_32khz at its full width (64 filters, 2-layer LSTM of 1024): for speed
+        return EncodecConfig(sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2],
+                             num_filters=64, codebook_size=2048, use_causal_conv=False, use_conv_shortcut=False,
+                             hidden_size=128, num_lstm_layers=2, pad_mode="reflect")
     if kind == "16k":  # AudioGen's codec
         return EncodecConfig(sampling_rate=16000, upsampling_ratios=[8, 5, 4, 2], target_bandwidths=[2.2],
                              num_filters=4, codebook_size=2048, use_causal_conv=False, use_conv_shortcut=False,
