@@ -186,6 +186,31 @@ class ConvTrState:
     batch: int = 1
 
 
+# Below this many input channels oneDNN's transposed convolution is as fast as the GEMM form on CPU; above it, at the
+# few frames a streaming push carries, it is not (AMD EPYC, one thread, 1024 -> 512 channels, k 16, s 8: 45 ms
+# for 5 frames against 6.2 ms; 29 against 9.1 for 25; the same for 1 frame and 1500). Measured by
+# bench/engine_budget.py's codec rows.
+GEMM_MIN_CHANNELS = 512
+
+
+def conv_transpose_gemm(x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:
+    """F.conv_transpose1d(x, weight, None, stride) for a kernel of twice the stride (every EnCodec upsampling
+    layer), as one GEMM and an overlap-add of the two halves of each frame's columns.
+
+    x [B, C_in, T], weight [C_in, C_out, 2 * stride] -> [B, C_out, (T + 1) * stride]. Equal up to float rounding
+    (the sums run in another order: about 1e-6 at unit scale)."""
+    B, cin, T = x.shape
+    cout, k = weight.shape[1], weight.shape[2]
+    if k != 2 * stride:
+        raise ValueError(f"kernel {k} is not twice the stride {stride}; use F.conv_transpose1d")
+    cols = torch.matmul(x.transpose(1, 2), weight.reshape(cin, cout * k)).view(B, T, cout, 2, stride)
+    y = x.new_empty(B, cout, T + 1, stride)
+    y[:, :, :T] = cols[:, :, :, 0].transpose(1, 2)  # each frame's first half starts at its own hop
+    y[:, :, T] = 0.0
+    y[:, :, 1:] += cols[:, :, :, 1].transpose(1, 2)  # ... its second half overlaps the next frame's
+    return y.view(B, cout, (T + 1) * stride)
+
+
 class ConvTranspose1d(StreamingModule):
     """EnCodec's ConvTranspose1d: full output trimmed by P = k - s (left ceil/right floor, or causal ratio)."""
 
@@ -201,9 +226,16 @@ class ConvTranspose1d(StreamingModule):
         self.overlap = kernel_size - stride
         self.trim_right = math.ceil(self.overlap * trim_right_ratio) if causal else self.overlap // 2
         self.trim_left = self.overlap - self.trim_right
+        self.gemm = kernel_size == 2 * stride and in_channels >= GEMM_MIN_CHANNELS  # on CPU (see GEMM_MIN_CHANNELS)
+
+    def _transpose(self, x: torch.Tensor) -> torch.Tensor:
+        """The transposed convolution without its bias: [B, C_in, n] -> [B, C_out, (n - 1) * s + k]."""
+        if self.gemm and x.device.type == "cpu":
+            return conv_transpose_gemm(x, self.convtr.weight, self.stride)
+        return F.conv_transpose1d(x, self.convtr.weight, None, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.convtr(x)
+        y = self._transpose(x) + self.convtr.bias[:, None]
         if self.norm is not None:
             y = self.norm(y)
         return y[..., self.trim_left : y.shape[-1] - self.trim_right]
@@ -222,7 +254,7 @@ class ConvTranspose1d(StreamingModule):
         n = x.shape[-1]
         if n == 0:
             return self.empty(state.batch, x)
-        y = F.conv_transpose1d(x, self.convtr.weight, None, self.stride)  # [B, C, (n - 1) * s + k]
+        y = self._transpose(x)  # [B, C, (n - 1) * s + k]
         if state.n_in:
             y[..., : self.overlap] += state.tail.get()
         state.n_in += n
@@ -267,10 +299,32 @@ class LSTM(StreamingModule):
         if x.shape[-1] == 0:
             return x
         x = x.permute(2, 0, 1)  # [T, B, C]
+        if x.device.type == "cpu":
+            return (self._cells(x, state) + x).permute(1, 2, 0)
         y, (h, c) = self.lstm(x, (state.h, state.c))
         state.h.copy_(h)
         state.c.copy_(c)
         return (y + x).permute(1, 2, 0)
+
+    def _cells(self, x: torch.Tensor, state: LSTMState) -> torch.Tensor:
+        """nn.LSTM's recurrence written out, for the few frames of a streaming push on CPU: oneDNN's LSTM sets up
+        its primitive on every call, which costs more than the work there (AMD EPYC, one thread, 2 layers of 1024:
+        28 ms for 1 frame and 22 ms for 5, against 3 and 12 ms here). The input projections of a layer run as one
+        GEMM over the push, the recurrent ones frame by frame. x [T, B, C] -> [T, B, C]; state updated in place.
+        Equal to nn.LSTM up to float rounding (about 1e-7)."""
+        T = x.shape[0]
+        for i in range(self.lstm.num_layers):
+            w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{i}"), getattr(self.lstm, f"weight_hh_l{i}")
+            gates_in = F.linear(x, w_ih, getattr(self.lstm, f"bias_ih_l{i}") + getattr(self.lstm, f"bias_hh_l{i}"))
+            h, c = state.h[i], state.c[i]  # [B, C], views written in place
+            out = x.new_empty(x.shape)  # [T, B, C]
+            for t in range(T):
+                i_g, f_g, g_g, o_g = torch.addmm(gates_in[t], h, w_hh.t()).chunk(4, dim=1)  # PyTorch's gate order
+                c.mul_(torch.sigmoid(f_g)).add_(torch.sigmoid(i_g) * torch.tanh(g_g))
+                h.copy_(torch.sigmoid(o_g) * torch.tanh(c))
+                out[t] = h
+            x = out
+        return x
 
     def flush(self, state: LSTMState) -> torch.Tensor:
         return None

@@ -5,7 +5,10 @@ import random
 import pytest
 import torch
 
-from segue.models.codec.conv import LSTM, Conv1d, ConvTranspose1d, pad1d
+from torch.nn import functional as F
+
+from segue.models.codec.conv import (GEMM_MIN_CHANNELS, LSTM, Conv1d, ConvTranspose1d, conv_transpose_gemm,
+                                     pad1d)
 from segue.models.codec.encodec import emitted
 
 
@@ -75,7 +78,33 @@ def test_conv_transpose_stream_equals_full(k, s, causal, sizes):
         assert total == emitted(layer, n_in)
 
 
+@pytest.mark.parametrize("cin,cout,s,T,B", [(8, 3, 8, 1, 1), (16, 5, 5, 7, 2), (32, 4, 4, 40, 3)])
+def test_conv_transpose_gemm_is_the_transposed_convolution(cin, cout, s, T, B):
+    x = torch.randn(B, cin, T)
+    w = torch.randn(cin, cout, 2 * s)
+    torch.testing.assert_close(conv_transpose_gemm(x, w, s), F.conv_transpose1d(x, w, None, s), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="twice the stride"):
+        conv_transpose_gemm(x, torch.randn(cin, cout, 2 * s + 1), s)
+
+
+@pytest.mark.parametrize("sizes", [[1], [5], "random"])
+def test_wide_conv_transpose_takes_the_gemm_and_still_streams_exactly(sizes):
+    """EnCodec 32 kHz's first upsampling layer is 1024 channels wide: on CPU it runs as a GEMM (see
+    GEMM_MIN_CHANNELS), in the full pass and in the stream alike; both equal the plain transposed convolution."""
+    layer = ConvTranspose1d(GEMM_MIN_CHANNELS, 6, 16, 8)
+    assert layer.gemm
+    x = torch.randn(2, GEMM_MIN_CHANNELS, 19) * 0.1
+    with torch.no_grad():
+        plain = F.conv_transpose1d(x, layer.convtr.weight, layer.convtr.bias, 8)[..., 4:-4]
+        torch.testing.assert_close(layer(x), plain, atol=1e-5, rtol=1e-5)
+        if sizes == "random":
+            sizes = [random.Random(3).randint(1, 6) for _ in range(32)]
+        y, _ = run_stream(layer, x, sizes)
+    torch.testing.assert_close(y, plain, atol=1e-5, rtol=1e-5)
+
+
 def test_lstm_stream_carries_state():
+    """On CPU the stream runs the recurrence written out (`LSTM._cells`); the full pass is nn.LSTM's."""
     layer = LSTM(6, 2)
     x = torch.randn(2, 6, 40)
     y, _ = run_stream(layer, x, [1, 5, 3])
