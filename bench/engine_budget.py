@@ -7,6 +7,9 @@ of 50 frames pushed `chunk_frames` at a time (5: the daemon's default), and soxr
 to the device rate (48 kHz here). Seconds of work per second of audio, each part and their sum; the real-time factor
 is 1 / that sum. The LM's step slows as its context grows, so it is timed at 1, 5, 10 and 20 s of context.
 
+Two choices for the rest of the step are measured in the same run: self-attention over a bfloat16 KV cache against
+float32 (half the bytes to read), and `torch.compile` (inductor) of the int8 step against eager.
+
     .venv/bin/python bench/engine_budget.py          # prints the rows
     .venv/bin/python bench/run.py --only budget      # the same, into BENCHMARKS.md
 """
@@ -39,6 +42,49 @@ def resample_s_per_s(seconds: float, chunk_frames: int, channels: int = 1) -> fl
     return (time.perf_counter() - t) / seconds
 
 
+def attention_ms(positions: int, dtype: torch.dtype, reps: int = 50) -> float:
+    """ms of one layer's self-attention at a step (CFG's 2 rows, small's 16 heads of 64) over `positions` cached
+    keys and values held in `dtype`: what a bf16 KV cache would cost instead of float32's."""
+    import torch.nn.functional as F
+
+    q = torch.randn(2, 16, 1, 64, dtype=dtype)
+    k, v = torch.randn(2, 16, positions, 64, dtype=dtype), torch.randn(2, 16, positions, 64, dtype=dtype)
+    for _ in range(3):
+        F.scaled_dot_product_attention(q, k, v)
+    t = time.perf_counter()
+    for _ in range(reps):
+        F.scaled_dot_product_attention(q, k, v)
+    return (time.perf_counter() - t) / reps * 1000
+
+
+def compiled_step_ms(lm, position: int, steps: int = 20) -> dict:
+    """The int8 step eager against `torch.compile` (inductor) of the same forward, at one context: whether compiling
+    pays on this CPU, and what it costs at warm-up."""
+    from segue.models.lm.state import LMState
+
+    def run(fn) -> tuple[float, float]:
+        cfg = lm.cfg
+        state = LMState.allocate(cfg, 2, position + steps + 1, 1, lm.device, lm.dtype)
+        zeros = torch.zeros(cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
+        state.set_condition(zeros, zeros.clone(), torch.ones(2, 1, dtype=torch.bool))
+        state.advance(position)
+        tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long)
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            fn(tokens, state)
+            times.append(1000 * (time.perf_counter() - t))
+        return times[0], sorted(times[5:])[len(times[5:]) // 2]
+
+    with torch.no_grad():
+        _, eager = run(lm)
+        try:
+            first, compiled = run(torch.compile(lm.forward, dynamic=True))
+        except Exception as exc:  # noqa: BLE001 - a compiler that cannot build here is a finding, not a crash
+            return dict(eager_ms=eager, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+    return dict(eager_ms=eager, compiled_ms=compiled, first_call_ms=first)
+
+
 def measure(quick: bool = False) -> dict:
     import codec_speed
     import lm_speed
@@ -68,7 +114,12 @@ def measure(quick: bool = False) -> dict:
             rows.append(dict(context_s=ctx, step_ms=ms, lm_s=lm_s, codec_s=decode[5], resample_s=resample,
                              total_s=total, rtf=1.0 / total, codec_share=decode[5] / total))
             print(rows[-1], flush=True)
-    return dict(threads=threads, decode_s_per_s={str(k): v for k, v in decode.items()}, rows=rows)
+    attention = [dict(positions=p, float32_ms=attention_ms(p, torch.float32),
+                      bfloat16_ms=attention_ms(p, torch.bfloat16)) for p in (250, 500, 1000)]
+    compiled = compiled_step_ms(lm, 250)
+    print(attention, compiled, flush=True)
+    return dict(threads=threads, decode_s_per_s={str(k): v for k, v in decode.items()}, rows=rows,
+                attention=attention, compile=compiled)
 
 
 if __name__ == "__main__":

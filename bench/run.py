@@ -232,10 +232,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="the Markdown report (default: BENCHMARKS.md)")
     ap.add_argument("--raw", default=str(ROOT / "bench" / "last_run.json"), help="the measurements, as JSON")
     ap.add_argument("--render", action="store_true", help="rewrite BENCHMARKS.md from bench/last_run.json only")
-    ap.add_argument("--only", choices=["lm", "daemon", "batch", "fuzz", "load", "daemon_int8", "process", "budget"],
+    ap.add_argument("--only", choices=["lm", "codec", "daemon", "batch", "fuzz", "load", "daemon_int8", "process",
+                                       "budget"],
                     default=None,
                     help="measure one section again, the others kept from bench/last_run.json: lm (LM steps against "
-                         "transformers), daemon (trigger -> first sound on JACK, demo model), batch (streams stepped "
+                         "transformers), codec (streaming EnCodec), daemon (trigger -> first sound on JACK, demo model), batch (streams stepped "
                          "together), fuzz (malformed requests), load (LM steps while other processes hold the "
                          "CPUs), daemon_int8 (the daemon on small shapes in int8), process (whole `segue generate "
                          "--dtype int8` against a transformers script), budget (LM, codec and resampler per second "
@@ -258,6 +259,8 @@ def main() -> None:
             dtypes = args.dtypes.split(",") if args.dtypes else None
             lm = measure_lm(args.quick, shapes, args.note, args.wait_quiet, dtypes)
             data["lm"] = _merge(data.get("lm"), lm) if (shapes or dtypes) and data.get("lm") else lm
+        elif args.only == "codec":
+            data["codec_cpu"] = codec_speed.measure(torch.device("cpu"), 4.0 if args.quick else 10.0)
         elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
         if args.only:
@@ -395,6 +398,20 @@ def render_budget(sec: dict, info: dict) -> list[str]:
     for x in r["rows"]:
         lines.append(f"| {x['context_s']:g} | {x['step_ms']:.1f} | {x['lm_s']:.3f} | {x['codec_s']:.3f} | "
                      f"{x['resample_s']:.4f} | {x['total_s']:.3f} | {x['rtf']:.2f}x | {100 * x['codec_share']:.0f} % |")
+    att, c = r.get("attention"), r.get("compile")
+    if att:
+        lines += ["", "Self-attention of one layer at a step (2 rows, 16 heads of 64), ms, KV cache in float32 / "
+                      "bfloat16: " + ", ".join(f"{a['positions']} positions {a['float32_ms']:.2f} / "
+                                              f"{a['bfloat16_ms']:.2f}" for a in att)
+                  + ". PyTorch's CPU kernels for bfloat16 attention are slower here than reading twice the bytes "
+                    "in float32, so the KV cache stays float32."]
+    if c:
+        lines += ["", "`torch.compile` (inductor, dynamic shapes) of the int8 step at 250 positions: "
+                  + (f"failed ({c['error']})" if "error" in c else
+                     f"eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms, first call "
+                     f"{c['first_call_ms'] / 1000:.1f} s")
+                  + ". Dynamo cannot trace fbgemm's packed int8 weights, so the graph breaks at every projection "
+                    "and recompiles per layer: compiling does not pay on CPU, and segue does not compile there."]
     return lines
 
 
