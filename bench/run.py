@@ -368,7 +368,8 @@ def render_daemon_int8(sec: dict, info: dict) -> list[str]:
     lines = ["", "## The daemon at musicgen-small's shapes, LM in int8, on the CPU", "",
              _section_info(sec, info) +
              f"`bench/daemon_latency.py` (`realtime_int8`): the JACK rig of the section above, `segue serve --dtype "
-             f"int8` on a small-shaped model (random weights saved in transformers' layout). Ready line: "
+             f"int8` on musicgen-small's LM and facebook/encodec_32khz's codec at their full shapes (random weights "
+             f"saved in transformers' layout). Ready line: "
              f"`{r['ready'][:150]}`.", "",
              f"Trigger -> first sound over {r['triggers']} takes of {r['take_s']:g} s: p50 **{r['p50_ms']:.0f} ms**, "
              f"p99 **{r['p99_ms']:.0f} ms** (min {r['min_ms']:.0f}, max {r['max_ms']:.0f}; pacing lead "
@@ -429,7 +430,7 @@ def render_targets(lm: dict, gpu: dict | None, daemon_int8: dict | None, process
     p = process["result"] if process else None
     lines.append("| whole `segue generate --dtype int8` process: 3x transformers float32 | "
                  + ("not measured" if p is None else
-                    f"{p['ratio']:.1f}x ({p['seconds']:g} s of audio: segue {p['segue_s']:.1f} s, transformers "
+                    f"{p['ratio']:.2f}x ({p['seconds']:g} s of audio: segue {p['segue_s']:.1f} s, transformers "
                     f"{p['transformers_s']:.1f} s, launch to WAV; `bench/process_speed.py`, measured "
                     f"{process['info']['date']})") + " | "
                  + ("-" if p is None else "yes" if p["ratio"] >= 3 else "**no**") + " |")
@@ -444,11 +445,15 @@ def render_targets(lm: dict, gpu: dict | None, daemon_int8: dict | None, process
                  + ("not measured: no GPU lent yet (bench/gpu_check.sh)" if g is None else f"{g['graph_ms']:.2f} ms")
                  + " | " + ("-" if g is None else "yes" if g["graph_ms"] <= 1.5 else "**no**") + " |")
     lines += ["", "Why: an int8 step reads 0.36 GB of weights, and one core of this box reads about 20-30 GB/s (fbgemm's "
-              "products take 12-16 ms a step on one thread); the attention over the KV cache grows with the context "
-              "(1.2-1.5 ms per layer at 30 s on one thread), and in the daemon the codec, the resampler and the JACK "
-              "clients share the same two cores. Two threads make the step about a fifth faster on an idle machine "
-              "but collapse when anything else runs (section above), so segue uses one here. An Intel Xeon of the "
-              "same size ran float32 about 3x faster than this AMD EPYC (its rows above)."]
+              "products take 12-16 ms a step on one thread); the attention over the float32 KV cache grows with the "
+              "context (about 1 ms a step per second of context at small's shape: the section on where a second "
+              "goes), and PyTorch's bfloat16 attention, which would read half the bytes, is slower here; "
+              "`torch.compile` does not pay either (same section). In the daemon the codec's decoder and the JACK "
+              "clients share the same two cores: the decoder takes 0.34 s per second of audio on one thread since "
+              "its 1024-channel transposed convolution and LSTM left oneDNN's slow paths (0.76 s before). Two "
+              "threads make the step about a fifth faster on an idle machine but collapse when anything else runs "
+              "(section above), so segue uses one here. An Intel Xeon of the same size ran float32 about 3x faster "
+              "than this AMD EPYC (its rows above)."]
     return lines
 
 

@@ -21,6 +21,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -103,7 +104,11 @@ class Engine:
         self.later: list = []  # (clock sample, id, command, time) held until their time: a heap
         self.snapshots: dict[int, tuple[TakeSnapshot, dict]] = {}  # recent takes' prompt state, for `retry`
         self.iter_time = 0.0
-        self.setup_s = 0.2  # seconds a take's set-up kept the engine from mixing, lately (measured)
+        # Seconds a take's set-up kept the engine from mixing: the longest of the last few. On a busy 2-core box they
+        # vary 74-346 ms from one take to the next (musicgen-small's shapes, int8, JACK beside it); a decaying mean
+        # premixed too little for the slow ones and the bus ran dry.
+        self.setups: deque[float] = deque([0.2], maxlen=8)
+        self.setup_s = 0.2
         self._status: dict = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -199,11 +204,16 @@ class Engine:
 
     # -- engine thread ----------------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        bus = self.audio.bus
         while not self._stop.is_set():
             t0 = time.monotonic()
+            dry, ahead = bus.underruns, bus.filled - bus.read_pos
+            t1 = t2 = t0
             try:
                 self._drain()
+                t1 = time.monotonic()
                 worked = self._generate()
+                t2 = time.monotonic()
                 if self.cfg.pace != "asap":
                     self.mixer.mix(self.horizon)
                 self._retire()
@@ -216,6 +226,10 @@ class Engine:
                 self.emit(dict(event="error", id=None, code=INTERNAL, message=f"internal error: {exc}"))
                 worked = False
             dt = time.monotonic() - t0
+            if bus.underruns > dry and self.cfg.pace != "asap":  # says which pass, so a slow machine can be told
+                log.warning("the mix ran dry (%d blocks): an engine pass took %.0f ms (take set-up %.0f, LM and "
+                            "codec %.0f) with %.0f ms mixed ahead", bus.underruns - dry, 1000 * dt, 1000 * (t1 - t0),
+                            1000 * (t2 - t1), 1000 * ahead / self.sr)
             self.iter_time = max(dt, 0.9 * self.iter_time)
             # The bus must hold what plays while the next iteration runs: a few iterations' worth, at least the floor
             # (a deeper one while a model loads beside the engine).
@@ -325,7 +339,8 @@ class Engine:
             self._retry(rid, cmd, t)
         else:
             self._new_take(rid, cmd, t, read)
-        self.setup_s = max(time.monotonic() - t_setup, 0.8 * self.setup_s)
+        self.setups.append(time.monotonic() - t_setup)
+        self.setup_s = max(self.setups)
 
     # -- takes ------------------------------------------------------------------------------------------------------
     def _take_audio(self, tid: int, seconds: float) -> tuple[np.ndarray, int] | None:
