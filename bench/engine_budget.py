@@ -16,8 +16,10 @@ float32 (half the bytes to read), and `torch.compile` (inductor) of the int8 ste
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +81,10 @@ def compiled_step_ms(lm, position: int, steps: int = 20) -> dict:
     with torch.no_grad():
         _, eager = run(lm)
         try:
-            first, compiled = run(torch.compile(lm.forward, dynamic=True))
+            with warnings.catch_warnings():  # dynamo's graph-break and recompile-limit notices: the finding is the time
+                warnings.simplefilter("ignore")
+                logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+                first, compiled = run(torch.compile(lm.forward, dynamic=True))
         except Exception as exc:  # noqa: BLE001 - a compiler that cannot build here is a finding, not a crash
             return dict(eager_ms=eager, error=f"{type(exc).__name__}: {str(exc)[:200]}")
     return dict(eager_ms=eager, compiled_ms=compiled, first_call_ms=first)
@@ -113,16 +118,20 @@ def measure(quick: bool = False) -> dict:
             total = lm_s + decode[5] + resample
             rows.append(dict(context_s=ctx, step_ms=ms, lm_s=lm_s, codec_s=decode[5], resample_s=resample,
                              total_s=total, rtf=1.0 / total, codec_share=decode[5] / total))
-            print(rows[-1], flush=True)
+            print(f"{ctx:g} s of context: LM {lm_s:.3f} s + codec {decode[5]:.3f} s + resampler {resample:.4f} s "
+                  f"per second of audio = {1 / total:.2f}x real time", file=sys.stderr, flush=True)
     attention = [dict(positions=p, float32_ms=attention_ms(p, torch.float32),
                       bfloat16_ms=attention_ms(p, torch.bfloat16)) for p in (250, 500, 1000)]
     compiled = compiled_step_ms(lm, 250)
-    print(attention, compiled, flush=True)
+    print(f"attention {attention}, compile {compiled}", file=sys.stderr, flush=True)
     return dict(threads=threads, decode_s_per_s={str(k): v for k, v in decode.items()}, rows=rows,
                 attention=attention, compile=compiled)
 
 
 if __name__ == "__main__":
+    import argparse
     import json
 
-    print(json.dumps(measure("--quick" in sys.argv), indent=1))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="shorter codec clip, fewer timed steps")
+    print(json.dumps(measure(ap.parse_args().quick), indent=1))

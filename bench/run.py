@@ -236,8 +236,8 @@ def main() -> None:
                                        "budget"],
                     default=None,
                     help="measure one section again, the others kept from bench/last_run.json: lm (LM steps against "
-                         "transformers), codec (streaming EnCodec), daemon (trigger -> first sound on JACK, demo model), batch (streams stepped "
-                         "together), fuzz (malformed requests), load (LM steps while other processes hold the "
+                         "transformers), codec (streaming EnCodec), daemon (trigger -> first sound on JACK, demo "
+                         "model), batch (streams stepped together), fuzz (malformed requests), load (LM steps while other processes hold the "
                          "CPUs), daemon_int8 (the daemon on small shapes in int8), process (whole `segue generate "
                          "--dtype int8` against a transformers script), budget (LM, codec and resampler per second "
                          "of audio on the daemon's threads)")
@@ -253,6 +253,9 @@ def main() -> None:
     if shapes and set(shapes) - set(lm_speed.SHAPES):
         ap.error(f"unknown shapes {sorted(set(shapes) - set(lm_speed.SHAPES))}; known: {', '.join(lm_speed.SHAPES)}")
     if args.render or args.only:
+        if not raw.is_file():
+            ap.error(f"{raw} does not exist: --render and --only keep the other sections from an earlier run's "
+                     "measurements (run bench/run.py once without them, or point --raw at bench/last_run.json)")
         data = json.loads(raw.read_text())
         _upgrade(data)
         if args.only == "lm":
@@ -261,6 +264,7 @@ def main() -> None:
             data["lm"] = _merge(data.get("lm"), lm) if (shapes or dtypes) and data.get("lm") else lm
         elif args.only == "codec":
             data["codec_cpu"] = codec_speed.measure(torch.device("cpu"), 4.0 if args.quick else 10.0)
+            data["codec_info"] = machine()
         elif args.only:
             data[args.only] = dict(info=machine(), result=SECTIONS[args.only](args.quick))
         if args.only:
@@ -404,15 +408,21 @@ def render_budget(sec: dict, info: dict) -> list[str]:
         lines += ["", "Self-attention of one layer at a step (2 rows, 16 heads of 64), ms, KV cache in float32 / "
                       "bfloat16: " + ", ".join(f"{a['positions']} positions {a['float32_ms']:.2f} / "
                                               f"{a['bfloat16_ms']:.2f}" for a in att)
-                  + ". PyTorch's CPU kernels for bfloat16 attention are slower here than reading twice the bytes "
-                    "in float32, so the KV cache stays float32."]
+                  + (". PyTorch's CPU kernels for bfloat16 attention are slower here than reading twice the bytes "
+                     "in float32, so the KV cache stays float32."
+                     if all(a["bfloat16_ms"] > a["float32_ms"] for a in att) else
+                     ". bfloat16 was faster at some lengths in this run: worth a bfloat16 KV cache here.")]
     if c:
         lines += ["", "`torch.compile` (inductor, dynamic shapes) of the int8 step at 250 positions: "
                   + (f"failed ({c['error']})" if "error" in c else
                      f"eager {c['eager_ms']:.1f} ms, compiled {c['compiled_ms']:.1f} ms, first call "
                      f"{c['first_call_ms'] / 1000:.1f} s")
-                  + ". Dynamo cannot trace fbgemm's packed int8 weights, so the graph breaks at every projection "
-                    "and recompiles per layer: compiling does not pay on CPU, and segue does not compile there."]
+                  + (". Dynamo cannot trace fbgemm's packed int8 weights, so the graph breaks at every projection "
+                     "and recompiles per layer (past its recompile limit some layers run eager): compiling does not "
+                     "pay on CPU, and segue does not compile there."
+                     if "error" in c or c["compiled_ms"] >= 0.95 * c["eager_ms"] else
+                     ". Compiled was faster in this run, though dynamo breaks the graph at every fbgemm projection: "
+                     "measure again on a quiet machine before acting on it.")]
     return lines
 
 
@@ -698,7 +708,7 @@ def render_gpu(sec: dict | None, info: dict) -> list[str]:
 
 
 def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, load=None, gpu=None,
-           daemon_int8=None, process=None, budget=None) -> str:
+           daemon_int8=None, process=None, budget=None, codec_info=None) -> str:
     lines = ["# Benchmarks", "",
              "Written by `bench/run.py` (`make bench`). Ratios compare runs made in the same process on the same "
              "weights, alternating, so machine noise hits both sides; absolute times on shared CPUs drift between "
@@ -707,7 +717,9 @@ def render(info, codec_cpu, codec_gpu, lm, daemon=None, batch=None, fuzz=None, l
     lines += [f"| {k} | {v} |" for k, v in info.items()]
     lines += render_lm(lm, info)
     lines += ["", "## Streaming EnCodec (32 kHz, real shape, random weights)", "",
-              "Real-time factor = audio seconds per wall second, PCM copied to the host on every push.", "",
+              (_section_info(dict(info=codec_info), info) if codec_info else "") +
+              "Real-time factor = audio seconds per wall second, PCM copied to the host on every push, on torch's "
+              "default threads.", "",
               "| measurement | CPU |" + (" GPU |" if codec_gpu else ""),
               "|---|---|" + ("---|" if codec_gpu else "")]
     for k, v in codec_cpu.items():

@@ -152,10 +152,16 @@ def load_codes(path: str | Path) -> np.ndarray:
     try:
         codes = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise RequestError(f"{p} is not a .npy array ({exc}); write it with `segue codec encode` or numpy.save") \
+        # numpy reads a file without the .npy magic as a pickle, and says so ("contains pickled (object) data ...
+        # load it unsafely"): that advice is wrong here, so the file is only called what it is not.
+        why = "" if "pickle" in str(exc) else f" ({exc})"
+        raise RequestError(f"{p} is not a .npy array{why}; write it with `segue codec encode` or numpy.save") \
             from exc
     if not isinstance(codes, np.ndarray) or not np.issubdtype(codes.dtype, np.integer):
         raise RequestError(f"{p} must hold integer codes, got {getattr(codes, 'dtype', type(codes))}")
+    if codes.size and codes.dtype.kind == "u" and int(codes.max()) > np.iinfo(np.int64).max:
+        raise RequestError(f"{p} holds codes up to {int(codes.max())}, far outside any codebook; were they made for "
+                           "another codec?")  # as int64 (what the codec takes) they would wrap negative
     if codes.ndim == 3 and codes.shape[0] == 1:
         codes = codes[0]
     if codes.ndim != 2:

@@ -154,6 +154,7 @@ def files(tmp_path_factory, tiny):
     support.write_wav(d / "tiny.wav", np.zeros((1, 10), np.float32), 32000)
     np.save(d / "float.npy", np.zeros((4, 10), np.float32))
     np.save(d / "range.npy", np.full((4, 10), 5000))
+    np.save(d / "huge.npy", np.full((4, 10), 2**63 + 5, dtype=np.uint64))  # past int64: must not wrap negative
     np.save(d / "many.npy", np.zeros((6, 10), np.int64))
     np.save(d / "shape.npy", np.zeros((10,), np.int64))
     (d / "junk.npy").write_bytes(b"junk")
@@ -196,6 +197,8 @@ BAD = {
     "codes not npy": (["codec", "decode", "--model", "demo", "{d}/junk.npy", "--out", "{d}/o.wav"], "not a .npy"),
     "float codes": (["codec", "decode", "--model", "demo", "{d}/float.npy", "--out", "{d}/o.wav"], "integer"),
     "codes out of range": (["codec", "decode", "--model", "demo", "{d}/range.npy", "--out", "{d}/o.wav"], "outside"),
+    "codes past int64": (["codec", "decode", "--model", "demo", "{d}/huge.npy", "--out", "{d}/o.wav"],
+                         "9223372036854775813"),
     "too many codebooks": (["codec", "decode", "--model", "demo", "{d}/many.npy", "--out", "{d}/o.wav"], "codebooks"),
     "codes shape": (["codec", "decode", "--model", "demo", "{d}/shape.npy", "--out", "{d}/o.wav"], "shape"),
     "encode not audio": (["codec", "encode", "--model", "demo", "{d}/text.wav", "--codes-out", "{d}/c.npy"],
@@ -218,6 +221,14 @@ def test_bad_input(name, files, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segue: error:"), err
     assert message in err[0], err[0]
+
+
+def test_a_file_that_is_not_npy_is_not_called_a_pickle(files, capsys):
+    """numpy reads bytes without the .npy magic as a pickle and advises loading it unsafely: that is not repeated."""
+    (files / "text.npy").write_text("these are not codes\n")
+    assert main(["codec", "decode", "--model", "demo", str(files / "text.npy"), "--out", str(files / "o.wav")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a .npy array;" in err and "pickle" not in err, err
 
 
 def test_usage_errors_exit_non_zero(capsys):
