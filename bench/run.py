@@ -237,8 +237,8 @@ def main() -> None:
                     default=None,
                     help="measure one section again, the others kept from bench/last_run.json: lm (LM steps against "
                          "transformers), codec (streaming EnCodec), daemon (trigger -> first sound on JACK, demo "
-                         "model), batch (streams stepped together), fuzz (malformed requests), load (LM steps while other processes hold the "
-                         "CPUs), daemon_int8 (the daemon on small shapes in int8), process (whole `segue generate "
+                         "model), batch (streams stepped together), fuzz (malformed requests), load (LM steps while "
+                         "other processes hold the CPUs), daemon_int8 (the daemon on small shapes in int8), process (whole `segue generate "
                          "--dtype int8` against a transformers script), budget (LM, codec and resampler per second "
                          "of audio on the daemon's threads)")
     ap.add_argument("--shapes", default=None, help="LM shapes to measure, comma-separated (default: all)")
