@@ -62,15 +62,10 @@ def attention_ms(positions: int, dtype: torch.dtype, reps: int = 50) -> float:
 def compiled_step_ms(lm, position: int, steps: int = 20) -> dict:
     """The int8 step eager against `torch.compile` (inductor) of the same forward, at one context: whether compiling
     pays on this CPU, and what it costs at warm-up."""
-    from segue.models.lm.state import LMState
+    from segue.models.lm.quant import scratch_state
 
     def run(fn) -> tuple[float, float]:
-        cfg = lm.cfg
-        state = LMState.allocate(cfg, 2, position + steps + 1, 1, lm.device, lm.dtype)
-        zeros = torch.zeros(cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
-        state.set_condition(zeros, zeros.clone(), torch.ones(2, 1, dtype=torch.bool))
-        state.advance(position)
-        tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long)
+        state, tokens = scratch_state(lm, position, steps)
         times = []
         for _ in range(steps):
             t = time.perf_counter()

@@ -108,7 +108,6 @@ class Engine:
         # vary 74-346 ms from one take to the next (musicgen-small's shapes, int8, JACK beside it); a decaying mean
         # premixed too little for the slow ones and the bus ran dry.
         self.setups: deque[float] = deque([0.2], maxlen=8)
-        self.setup_s = 0.2
         self._status: dict = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -330,7 +329,7 @@ class Engine:
         # the bus gets that much more of what is playing first, so nothing drops out meanwhile. A prompt or a
         # melody from audio may be as long as the model's context: its encoding is counted at that worst case.
         if self.cfg.pace != "asap":
-            setup = self.setup_s
+            setup = max(self.setups)
             if isinstance(cmd, Continue) or getattr(cmd, "melody", None) is not None:
                 setup = max(setup, self.current.longest_prompt_setup(MAX_PROMPT_AUDIO_S))
             self.mixer.mix(self.horizon + round(1.5 * setup * self.sr))
@@ -340,7 +339,6 @@ class Engine:
         else:
             self._new_take(rid, cmd, t, read)
         self.setups.append(time.monotonic() - t_setup)
-        self.setup_s = max(self.setups)
 
     # -- takes ------------------------------------------------------------------------------------------------------
     def _take_audio(self, tid: int, seconds: float) -> tuple[np.ndarray, int] | None:

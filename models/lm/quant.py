@@ -159,21 +159,26 @@ def _remember(cache: Path, key: str, choice: dict) -> None:
                     "int8" if choice["int8"] else "float32")
 
 
-def step_ms(lm, position: int = 0, warm: int = 2, timed: int = 7) -> float:
-    """Median ms of one step of CFG's two rows from `position` positions of context, on a scratch cache (what it
-    holds does not change the time; no text: the cross-attention's cost does not depend on the dtype or the
-    context). Used to choose int8 (`int8_is_faster`) and to measure how a step slows with its context
-    (daemon/model_slot.py)."""
+def scratch_state(lm, position: int, steps: int):
+    """A CFG state of two rows holding `position` positions of context and room for `steps` more, and the tokens
+    [2, K, 1] to step it with: what timing a step needs (what the cache holds does not change the time; no text:
+    the cross-attention's cost does not depend on the dtype or the context)."""
     from segue.models.lm.state import LMState
 
     cfg = lm.cfg
-    state = LMState.allocate(cfg, 2, position + warm + timed + 1, 1, lm.device, lm.dtype)
+    state = LMState.allocate(cfg, 2, position + steps + 1, 1, lm.device, lm.dtype)
     if cfg.cross_attention:
         shape = (cfg.num_layers, 2, cfg.num_heads, 1, cfg.head_dim)
         zeros = torch.zeros(shape, device=lm.device, dtype=lm.dtype)
         state.set_condition(zeros, zeros.clone(), torch.ones(2, 1, dtype=torch.bool, device=lm.device))
     state.advance(position)
-    tokens = torch.zeros(2, cfg.n_q, 1, dtype=torch.long, device=lm.device)
+    return state, torch.zeros(2, cfg.n_q, 1, dtype=torch.long, device=lm.device)
+
+
+def step_ms(lm, position: int = 0, warm: int = 2, timed: int = 7) -> float:
+    """Median ms of one step of CFG's two rows from `position` positions of context, on a `scratch_state`. Used to
+    choose int8 (`int8_is_faster`) and to measure how a step slows with its context (daemon/model_slot.py)."""
+    state, tokens = scratch_state(lm, position, warm + timed)
     cuda = lm.device.type == "cuda"
     times = []
     with torch.no_grad():

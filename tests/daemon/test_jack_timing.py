@@ -54,6 +54,18 @@ def _first_loud(recorder, after: int) -> int:
     return recorder.loud_span(after, recorder.last_frame)[0]
 
 
+def _starved(client, recorder, incidents: int, t0: int, *dones: dict) -> dict | None:
+    """What kept a trial from being evidence about timing, or None for a clean one: JACK cycles the daemon's audio
+    missed or ran late for since `incidents` (`audio_incidents`), samples its takes (`dones`) dropped, frames the
+    recorder missed since JACK frame `t0`."""
+    missed = audio_incidents(client) - incidents
+    dropped = [d["dropped"] for d in dones]
+    unseen = recorder.unseen(t0, recorder.last_frame)
+    if missed or any(dropped) or unseen:
+        return dict(missed_or_late_cycles=missed, dropped=dropped, frames_the_recorder_missed=unseen)
+    return None
+
+
 def _back_to_the_song(latency: int, recorder, client) -> None:
     client.request("tempo", **_tempo(latency, recorder, 0.0))
     time.sleep(0.2)
@@ -82,9 +94,9 @@ def test_a_tempo_lands_its_bar_lines_within_a_millisecond(rig, latency):
         done = client.wait(client.request("generate", bars=0.25, start="next_beat", seed=5)["id"], timeout=60)
         assert done["state"] == "done", done
         recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
-        missed, unseen = audio_incidents(client) - incidents, recorder.unseen(t0, recorder.last_frame)
-        if missed or done["dropped"] or unseen:
-            starved.append(dict(trial=k, missed_or_late_cycles=missed, dropped=done["dropped"], unseen=unseen))
+        why = _starved(client, recorder, incidents, t0, done)
+        if why:
+            starved.append(dict(trial=k, **why))
             continue
         trials.append(dict(at=tempo["at"], sent=sent, shift=shift, first=_first_loud(recorder, t0),
                            start=_start(done)))
@@ -146,11 +158,9 @@ def test_a_tempo_sent_while_the_engine_is_busy_lands_its_bar_lines_where_it_says
         after = client.wait(client.request("generate", bars=1, start="next_bar", seed=4)["id"], timeout=60)
         assert after["state"] == "done", after
         recorder.wait_for(recorder.client.frame_time + 4 * PERIOD)
-        missed = audio_incidents(client) - incidents
-        unseen = recorder.unseen(t0, recorder.last_frame)
-        if missed or done["dropped"] or after["dropped"] or unseen:
-            starved.append(dict(trial=k, missed_or_late_cycles=missed, dropped=(done["dropped"], after["dropped"]),
-                                frames_the_recorder_missed=unseen))
+        why = _starved(client, recorder, incidents, t0, done, after)
+        if why:
+            starved.append(dict(trial=k, **why))
             continue
         queued_first, first = recorder.loud_span(t0, t1)[0], _first_loud(recorder, t1)
         take, _ = sf.read(after["path"], dtype="float32", always_2d=True)
